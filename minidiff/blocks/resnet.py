@@ -1,0 +1,66 @@
+"""Residual blocks and resampling layers of a U-Net.
+
+Paper: Ho et al. 2020, DDPM (arXiv:2006.11239), appendix B: a Wide-ResNet block with GroupNorm,
+the timestep embedding added between the two convolutions.
+
+    h = conv1(SiLU(GroupNorm(x)))
+    h = h + Linear(SiLU(temb))[:, :, None, None]
+    h = conv2(dropout(SiLU(GroupNorm(h))))
+    out = shortcut(x) + h          (shortcut is a 1x1 conv when channels change)
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ResBlock(nn.Module):
+    """(B, C_in, H, W), temb (B, D) -> (B, C_out, H, W)."""
+
+    def __init__(self, in_channels: int, out_channels: int, temb_dim: int, groups: int = 32, eps: float = 1e-6,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.time_emb_proj = nn.Linear(temb_dim, out_channels)
+        self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))                            # (B, C_out, H, W)
+        h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]        # broadcast (B, C_out, 1, 1)
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
+        return shortcut + h
+
+
+class Downsample(nn.Module):
+    """Strided 3x3 conv: (B, C, H, W) -> (B, C, H/2, W/2).
+
+    padding=0 pads only right and bottom by one pixel first (the DDPM/LDM convention);
+    padding=1 pads symmetrically (Stable Diffusion's U-Net).
+    """
+
+    def __init__(self, channels: int, padding: int = 1):
+        super().__init__()
+        self.padding = padding
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding == 0:
+            x = F.pad(x, (0, 1, 0, 1))
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2 then a 3x3 conv: (B, C, H, W) -> (B, C, 2H, 2W)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

@@ -1,0 +1,135 @@
+"""The `minidiff` command line: train, sample, eval, presets.
+
+Every error a user can cause (an unknown recipe, preset or key, an image size the model cannot take,
+a missing or corrupt checkpoint, a diverging loss) ends in one line starting with `minidiff: error:`
+that names the problem and the fix, and exit status 2 — never a traceback from inside torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def cmd_train(args) -> None:
+    from minidiff.recipes import get_recipe, run_training
+
+    get_recipe(args.recipe)  # fail fast on an unknown name
+    out = Path(args.out or f"runs/{args.recipe}")
+    metrics = run_training(args.recipe, out, args.preset, args.overrides, resume=args.resume,
+                           evaluate_after=not args.no_eval)
+    print(f"run folder: {out}  (samples.png, checkpoint.safetensors, config.json, log.jsonl"
+          f"{', metrics.json' if metrics else ''})")
+    if metrics:
+        print(json.dumps(metrics, indent=2))
+
+
+def cmd_sample(args) -> None:
+    import torch
+
+    from minidiff.plotting import save_grid, save_image, image_grid, save_points
+    from minidiff.recipes import load_run, sample_from_run
+
+    model, sections = load_run(args.run_dir)
+    overrides = {k: v for k, v in {"sampler": args.sampler, "sample_steps": args.steps, "eta": args.eta}.items()
+                 if v is not None}
+    steps_max = sections["diffusion"].num_steps
+    if args.steps is not None and not 1 <= args.steps <= steps_max:
+        raise ValueError(f"--steps must be between 1 and {steps_max}, got {args.steps}")
+    if args.n < 1:
+        raise ValueError(f"-n must be at least 1, got {args.n}")
+    if args.sampler == "ddpm" and args.steps is None:
+        overrides["sample_steps"] = steps_max
+    samples = sample_from_run(model, sections, args.n, seed=args.seed, **overrides)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if sections["data"].dataset == "digits":
+        for i, image in enumerate(samples):
+            save_image(image_grid(image[None], nrow=1, pad=0), out / f"sample_{i:04d}.png", scale=4)
+        save_grid(samples, out / "grid.png")
+        print(f"wrote {args.n} images and grid.png to {out}")
+    else:
+        save_points(samples, out / "points.png")
+        import numpy as np
+        np.savetxt(out / "points.csv", samples.numpy(), delimiter=",", header="x,y", comments="")
+        print(f"wrote {args.n} points to {out}/points.csv and points.png")
+
+
+def cmd_eval(args) -> None:
+    from minidiff.recipes import run_evaluation
+
+    overrides = {k: v for k, v in {"sampler": args.sampler, "sample_steps": args.steps}.items() if v is not None}
+    metrics = run_evaluation(args.run_dir, n=args.n, seed=args.seed, **overrides)
+    print(json.dumps(metrics, indent=2))
+    print(f"wrote {Path(args.run_dir) / 'metrics.json'}")
+
+
+def cmd_presets(args) -> None:
+    from minidiff.models import PRESETS, count_parameters
+
+    print(f"{'preset':<16}{'network':<14}{'parameters':>14}{'published':>14}")
+    for name, (network, _, published) in PRESETS.items():
+        count = count_parameters(name)
+        published_text = f"{published:,}" if published else "-"
+        print(f"{name:<16}{network.__name__:<14}{count:>14,}{published_text:>14}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minidiff", description="Text-to-image diffusion from scratch.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a recipe (ddpm-digits, ddpm-2d)")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. steps=500 lr=1e-3")
+    p.add_argument("--preset", help="model preset (see `minidiff presets`)")
+    p.add_argument("--out", help="run folder (default runs/RECIPE)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--no-eval", action="store_true", help="skip the metrics at the end")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="draw samples from a trained run")
+    p.add_argument("run_dir")
+    p.add_argument("--sampler", choices=["ddpm", "ddim"])
+    p.add_argument("--steps", type=int)
+    p.add_argument("--eta", type=float)
+    p.add_argument("-n", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("eval", help="sample a run and compute its metrics (writes RUN_DIR/metrics.json)")
+    p.add_argument("run_dir")
+    p.add_argument("-n", type=int, help="number of samples (default: the recipe's)")
+    p.add_argument("--sampler", choices=["ddpm", "ddim"])
+    p.add_argument("--steps", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("presets", help="list model presets with their parameter counts")
+    p.set_defaults(func=cmd_presets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come after options (`train ddpm-digits --out runs/x steps=500`)
+    if args.command == "train":
+        args.overrides += [e for e in extra if "=" in e and not e.startswith("-")]
+        extra = [e for e in extra if e not in args.overrides]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        args.func(args)
+    except ValueError as e:  # every error minidiff raises for bad input is a ValueError subclass
+        print(f"minidiff: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("minidiff: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Networks, one per file, each with a config dataclass and named presets.
+
+`PRESETS` lists every preset the command line knows: name -> (network class, config constructor,
+published parameter count or None). Counts are computed on the meta device, without memory.
+"""
+from __future__ import annotations
+
+import torch
+
+from minidiff.models.mlp import MLPConfig, MLPDenoiser
+from minidiff.models.unet import UNet, UNetConfig
+
+PRESETS = {
+    "unet-toy": (UNet, UNetConfig.toy, None),
+    "ddpm-cifar10": (UNet, UNetConfig.ddpm_cifar10, 35_746_307),
+    "mlp-toy": (MLPDenoiser, MLPConfig.toy, None),
+}
+
+
+def build_model(config) -> torch.nn.Module:
+    """The network for a config dataclass instance."""
+    for network, make_config, _ in PRESETS.values():
+        if isinstance(config, type(make_config())):
+            return network(config)
+    raise ValueError(f"no network takes a {type(config).__name__}")
+
+
+def count_parameters(name: str) -> int:
+    """Parameters of a preset, built on the meta device (no memory is allocated)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; run `minidiff presets` to list them")
+    network, make_config, _ = PRESETS[name]
+    with torch.device("meta"):
+        model = network(make_config())
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["MLPConfig", "MLPDenoiser", "PRESETS", "UNet", "UNetConfig", "build_model", "count_parameters"]

@@ -1,0 +1,8 @@
+"""The diffusion process: schedules, the forward process and losses, samplers. Model-agnostic:
+a network is any callable (x_t, t) -> prediction."""
+from minidiff.process.ddpm import PREDICTIONS, GaussianDiffusion
+from minidiff.process.samplers import SAMPLERS, VARIANCES, ddim_step, ddpm_step, sample, timesteps
+from minidiff.process.schedules import SCHEDULES, NoiseSchedule, cosine_betas, linear_betas
+
+__all__ = ["GaussianDiffusion", "NoiseSchedule", "PREDICTIONS", "SAMPLERS", "SCHEDULES", "VARIANCES",
+           "cosine_betas", "ddim_step", "ddpm_step", "linear_betas", "sample", "timesteps"]

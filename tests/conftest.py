@@ -1,0 +1,17 @@
+import pytest
+
+# Tiny settings that make a whole `ddpm-digits` run take seconds on a CPU.
+TINY_DIGITS = ["block_channels=8,16", "attention_levels=1", "norm_groups=4", "batch_size=8", "steps=6",
+               "checkpoint_every=3", "log_every=1", "sample_every=0", "num_images=4", "sample_steps=5",
+               "warmup_steps=2"]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    """One classifier cache for the whole test session."""
+    return tmp_path_factory.mktemp("minidiff-cache")
+
+
+@pytest.fixture(autouse=True)
+def _cache_env(monkeypatch, cache_dir):
+    monkeypatch.setenv("MINIDIFF_CACHE", str(cache_dir))

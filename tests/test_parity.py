@@ -1,0 +1,204 @@
+"""Loading diffusers UNet2DModel folders into minidiff's U-Net: same outputs, and clear errors.
+
+Each case builds a tiny random UNet2DModel, saves it with save_pretrained, loads it with
+minidiff.load_pretrained, and compares the two networks on random inputs (max abs diff <= 1e-5).
+"""
+import dataclasses
+import json
+
+import pytest
+import torch
+from diffusers import UNet2DModel
+
+import minidiff
+from minidiff.models.unet import UNet, UNetConfig
+from minidiff.weights import PretrainedError, unet_config_from_diffusers
+
+DDPM_EMBEDDING = dict(flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6, downsample_padding=0)
+
+# diffusers' up_block_types[i] works at level n-1-i: the up path lists the levels in reverse.
+CONFIGS = {
+    # mirrors UNetConfig.toy(): attention only at level 2 (4x4), one ResBlock per level, one input channel
+    "toy": dict(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(32, 64, 128), layers_per_block=1,
+                down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+                norm_num_groups=8, attention_head_dim=None, **DDPM_EMBEDDING),
+    # the CIFAR-10 layout of fact sheet A section 8 at 1/4 width: down attention at level 1, up attention
+    # at index 1, i.e. level 2 (asymmetric)
+    "cifar10-asymmetric": dict(block_out_channels=(32, 64, 64, 64), layers_per_block=2,
+                               down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+                               up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+                               norm_num_groups=8, attention_head_dim=None, **DDPM_EMBEDDING),
+    # the same with symmetric attention (level 1 both ways), as in UNetConfig.ddpm_cifar10()
+    "cifar10-symmetric": dict(block_out_channels=(32, 64, 64, 64), layers_per_block=2,
+                              down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+                              up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+                              norm_num_groups=8, attention_head_dim=None, **DDPM_EMBEDDING),
+    # no attention outside the middle block; different in/out channels
+    "no-attention": dict(in_channels=2, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
+                         down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                         norm_num_groups=4, attention_head_dim=None, **DDPM_EMBEDDING),
+    # diffusers' defaults: SD-style embedding (cos first, shift 0), symmetric padding, eps 1e-5,
+    # multi-head attention (attention_head_dim=8) at every level but the first
+    "diffusers-defaults": dict(block_out_channels=(16, 32, 32), layers_per_block=2,
+                               down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+                               up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+                               norm_num_groups=8, attention_head_dim=8),
+    # attention everywhere, attention_head_dim that gives 2 and 4 heads, DDPM padding with SD embedding
+    "all-attention": dict(block_out_channels=(16, 32), layers_per_block=1,
+                          down_block_types=("AttnDownBlock2D", "AttnDownBlock2D"),
+                          up_block_types=("AttnUpBlock2D", "AttnUpBlock2D"),
+                          norm_num_groups=4, attention_head_dim=8, downsample_padding=0),
+}
+
+
+def randomized(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Perturb every weight (GroupNorm scales start at 1 and biases at 0): a wrong mapping cannot hide."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def save(tmp_path, **config) -> tuple[UNet2DModel, str]:
+    torch.manual_seed(0)
+    model = randomized(UNet2DModel(**config))
+    model.save_pretrained(tmp_path)
+    return model, str(tmp_path)
+
+
+def edit_config(path, **changes) -> None:
+    config_file = path / "config.json"
+    config = json.loads(config_file.read_text())
+    config.update(changes)
+    config_file.write_text(json.dumps(config))
+
+
+# ---------------------------------------------------------------------------- same outputs
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_loaded_unet_matches_diffusers(tmp_path, name):
+    theirs, path = save(tmp_path, **CONFIGS[name])
+    ours = minidiff.load_pretrained(path)
+    assert isinstance(ours, UNet) and not ours.training
+    in_channels = CONFIGS[name].get("in_channels", 3)
+    x = torch.randn(2, in_channels, 16, 24, generator=torch.Generator().manual_seed(1))   # not square: H, W not swapped
+    with torch.no_grad():
+        for t in (torch.tensor([3, 871]), 500):
+            expected = theirs(x, t).sample
+            got = ours(x, t)
+            assert got.shape == expected.shape == x.shape[:1] + expected.shape[1:]
+            assert (got - expected).abs().max().item() <= 1e-5
+
+
+def test_toy_mirror_config_is_the_toy_preset(tmp_path):
+    _, path = save(tmp_path, **CONFIGS["toy"])
+    loaded = minidiff.load_pretrained(path).config
+    assert loaded.up_levels == UNetConfig.toy().up_levels == (2,)
+    # the loader spells the up-path levels out; the preset leaves them as None ("as on the way down")
+    assert dataclasses.replace(loaded, up_attention_levels=None) == UNetConfig.toy()
+
+
+def test_up_attention_levels_are_read_in_reverse():
+    config = unet_config_from_diffusers(UNet2DModel(**CONFIGS["cifar10-asymmetric"]).config)
+    assert config.attention_levels == (1,) and config.up_levels == (2,)
+    config = unet_config_from_diffusers(UNet2DModel(**CONFIGS["cifar10-symmetric"]).config)
+    assert config.attention_levels == (1,) and config.up_levels == (1,)
+
+
+def test_parameter_counts_match_diffusers():
+    """Fact sheet A, section 8: the DDPM CIFAR-10 UNet2DModel has 35,746,307 parameters; so does minidiff's preset,
+    and so does the toy preset's diffusers mirror."""
+    cifar10 = dict(sample_size=32, block_out_channels=(128, 256, 256, 256), layers_per_block=2,
+                   down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+                   up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+                   attention_head_dim=None, norm_num_groups=32, **DDPM_EMBEDDING)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    with torch.device("meta"):
+        assert count(UNet2DModel(**cifar10)) == 35_746_307 == count(UNet(UNetConfig.ddpm_cifar10()))
+        assert count(UNet2DModel(**CONFIGS["toy"])) == count(UNet(UNetConfig.toy())) == 2_734_945
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def test_errors_are_value_errors():
+    assert issubclass(PretrainedError, ValueError)
+
+
+def test_not_a_folder(tmp_path):
+    with pytest.raises(PretrainedError, match="is not a folder"):
+        minidiff.load_pretrained(tmp_path / "missing")
+
+
+def test_folder_without_config(tmp_path):
+    with pytest.raises(PretrainedError, match="has no config.json; save the model with diffusers' save_pretrained"):
+        minidiff.load_pretrained(tmp_path)
+
+
+def test_config_is_not_json(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(PretrainedError, match="is not valid JSON"):
+        minidiff.load_pretrained(tmp_path)
+
+
+def test_unsupported_class_name(tmp_path):
+    _, path = save(tmp_path, **CONFIGS["no-attention"])
+    edit_config(tmp_path, _class_name="AutoencoderKL")
+    with pytest.raises(PretrainedError, match="holds a 'AutoencoderKL'.*supported: UNet2DModel"):
+        minidiff.load_pretrained(path)
+
+
+def test_pickled_weights_only(tmp_path):
+    UNet2DModel(**CONFIGS["no-attention"]).save_pretrained(tmp_path, safe_serialization=False)
+    assert not list(tmp_path.glob("*.safetensors")) and list(tmp_path.glob("*.bin"))
+    with pytest.raises(PretrainedError, match="only pickled .bin weights.*safe_serialization=True"):
+        minidiff.load_pretrained(tmp_path)
+
+
+def test_no_weights_at_all(tmp_path):
+    edit_config_file = tmp_path / "config.json"
+    edit_config_file.write_text(json.dumps(dict(UNet2DModel(**CONFIGS["no-attention"]).config)))
+    with pytest.raises(PretrainedError, match="has no diffusion_pytorch_model.safetensors or model.safetensors"):
+        minidiff.load_pretrained(tmp_path)
+
+
+def test_corrupt_safetensors(tmp_path):
+    _, path = save(tmp_path, **CONFIGS["no-attention"])
+    weights = tmp_path / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])   # truncated download
+    with pytest.raises(PretrainedError, match="is corrupt.*re-download or re-save"):
+        minidiff.load_pretrained(path)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("resnet_time_scale_shift", "scale_shift"),
+    ("time_embedding_type", "fourier"),
+    ("num_class_embeds", 10),
+    ("attn_norm_num_groups", 2),        # would otherwise load with the wrong GroupNorm in the middle block
+    ("time_embedding_dim", 128),
+    ("downsample_type", "resnet"),
+    ("upsample_type", "resnet"),
+    ("mid_block_type", None),
+])
+def test_unsupported_config_options(tmp_path, key, value):
+    _, path = save(tmp_path, **CONFIGS["no-attention"])
+    edit_config(tmp_path, **{key: value})
+    with pytest.raises(PretrainedError, match=f"{key}=.*which minidiff's U-Net does not support"):
+        minidiff.load_pretrained(path)
+
+
+def test_unsupported_block_type(tmp_path):
+    _, path = save(tmp_path, **CONFIGS["no-attention"])
+    edit_config(tmp_path, down_block_types=["SkipDownBlock2D", "DownBlock2D"])
+    with pytest.raises(PretrainedError, match=r"unsupported block types \['SkipDownBlock2D'\]"):
+        minidiff.load_pretrained(path)
+
+
+def test_weights_that_do_not_fit_the_config(tmp_path):
+    _, path = save(tmp_path, **CONFIGS["no-attention"])
+    edit_config(tmp_path, layers_per_block=2)
+    with pytest.raises(PretrainedError, match="do not fit the model.*checkpoint and its config.json disagree"):
+        minidiff.load_pretrained(path)
