@@ -1,4 +1,4 @@
-"""The `minidiff` command line: train, sample, eval, presets.
+"""The `minidiff` command line: train, sample, eval, presets, data.
 
 Every error a user can cause (an unknown recipe, preset or key, an image size the model cannot take,
 a missing or corrupt checkpoint, a diverging loss) ends in one line starting with `minidiff: error:`
@@ -75,6 +75,15 @@ def cmd_presets(args) -> None:
         print(f"{name:<16}{network.__name__:<14}{count:>14,}{published_text:>14}")
 
 
+def cmd_data(args) -> None:
+    from minidiff.data.shapes_dataset import build_shapes, split_sizes
+
+    out = Path(args.out or f"data/shapes-{args.size}px-{args.n}")
+    data = build_shapes(out, size=args.size, n=args.n, seed=args.seed, rebuild=args.rebuild)
+    counts = ", ".join(f"{split} {len(data[split])}" for split in split_sizes(args.n))
+    print(f"Shapes world at {args.size}x{args.size} in {out} ({counts}); open it with datasets.load_from_disk")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minidiff", description="Text-to-image diffusion from scratch.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("data", help="build a dataset: `minidiff data shapes --size 32 --n 20000 --out DIR`")
+    p.add_argument("dataset", choices=["shapes"])
+    p.add_argument("--size", type=int, default=32, help="image side in pixels, 16 to 256")
+    p.add_argument("--n", type=int, default=20000, help="training examples (validation, test, held-out: n/10 each)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="folder (default data/shapes-SIZEpx-N); an existing identical build is reused")
+    p.add_argument("--rebuild", action="store_true", help="build again even if the folder holds this build")
+    p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("presets", help="list model presets with their parameter counts")
     p.set_defaults(func=cmd_presets)

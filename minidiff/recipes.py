@@ -37,7 +37,7 @@ class DiffusionConfig:
 
 @dataclass
 class SampleConfig:
-    sampler: str = "ddim"          # 'ddpm' (ancestral) or 'ddim'
+    sampler: str = "ddpm"          # 'ddpm' (ancestral) or 'ddim'
     sample_steps: int = 100        # sampling steps (<= num_steps)
     eta: float = 0.0               # DDIM's eta
     variance: str = "beta_tilde"   # DDPM's sigma^2: 'beta' or 'beta_tilde'
@@ -69,9 +69,10 @@ RECIPES = {
         description="DDPM on scikit-learn's real handwritten digits at 16x16 (Chapter 1's main job)",
         preset="unet-toy", presets=("unet-toy", "ddpm-cifar10"), data="digits",
         diffusion=DiffusionConfig(schedule="cosine", prediction="eps"),
-        train=TrainConfig(steps=3000, batch_size=128, lr=2e-3, warmup_steps=100, sample_every=1000),
-        sample=SampleConfig(sampler="ddim", sample_steps=100),
+        train=TrainConfig(steps=1600, batch_size=64, lr=2e-3, warmup_steps=100, sample_every=500),
+        sample=SampleConfig(sampler="ddpm", sample_steps=100),
         model_overrides={"in_channels": 1, "out_channels": 1, "sample_size": 16},
+        eval_samples=594,
     ),
     "ddpm-2d": Recipe(
         name="ddpm-2d",
@@ -163,8 +164,9 @@ def sample_from_run(model: torch.nn.Module, sections: dict, n: int, seed: int = 
     m = sections["model"]
     shape = (n, 2) if data.dataset != "digits" else (n, m.in_channels, m.sample_size, m.sample_size)
     device = next(model.parameters()).device
-    return sample(model, diffusion, shape, sampler=s.sampler, steps=s.sample_steps, eta=s.eta, variance=s.variance,
-                  clip_x0=s.clip_x0, generator=torch.Generator().manual_seed(seed), device=device).cpu()
+    x = sample(model, diffusion, shape, sampler=s.sampler, steps=s.sample_steps, eta=s.eta, variance=s.variance,
+               clip_x0=s.clip_x0, generator=torch.Generator().manual_seed(seed), device=device).cpu()
+    return x if data.dataset != "digits" else x.clamp(-1, 1)  # images: the pixel range, as when saved
 
 
 def save_samples(samples: torch.Tensor, path: Path, is_2d: bool, title: str | None = None) -> None:

@@ -26,6 +26,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -156,49 +157,53 @@ def train_digit_classifier(epochs: int = 15, batch_size: int = 64, lr: float = 3
     return model.eval()
 
 
-def cache_path(cache_dir: str | Path | None = None) -> Path:
-    """Where the classifier's weights live: cache_dir, else $MINIDIFF_CACHE, else ~/.cache/minidiff."""
+def cache_path(cache_dir: str | Path | None = None, version: str = CLASSIFIER_VERSION) -> Path:
+    """Where a classifier's weights live: cache_dir, else $MINIDIFF_CACHE, else ~/.cache/minidiff."""
     folder = cache_dir or os.environ.get("MINIDIFF_CACHE") or Path.home() / ".cache" / "minidiff"
-    return Path(folder) / f"{CLASSIFIER_VERSION}.safetensors"
+    return Path(folder) / f"{version}.safetensors"
 
 
-def _load_cached(path: Path) -> DigitClassifier | None:
+def load_cached(path: Path, make_model: Callable[[], nn.Module], version: str) -> nn.Module | None:
     """The cached classifier, or None when the file is missing, corrupt, from another version or does not fit."""
     if not path.is_file():
         return None
     try:
         with safe_open(str(path), framework="pt") as f:
-            version = (f.metadata() or {}).get("version")
-        if version != CLASSIFIER_VERSION:
+            cached_version = (f.metadata() or {}).get("version")
+        if cached_version != version:
             return None
-        model = DigitClassifier()
+        model = make_model()
         model.load_state_dict(load_file(str(path)))   # strict: a missing or misshapen key raises
     except Exception:  # safetensors raises its own error types for truncated files; retraining fixes any of them
         return None
     return model.eval()
 
 
-def load_digit_classifier(cache_dir: str | Path | None = None) -> DigitClassifier:
-    """The digit classifier, trained on first use and loaded from the safetensors cache afterwards.
-
-    A corrupt or outdated cache file is replaced by a fresh training run. The file is written atomically
-    (a temporary file in the same folder, then os.replace), so an interrupted run never leaves half a file.
-    """
-    path = cache_path(cache_dir)
-    model = _load_cached(path)
-    if model is not None:
-        return model
-    model = train_digit_classifier()
+def save_cached(model: nn.Module, path: Path, version: str) -> None:
+    """Write the weights atomically (a temporary file in the same folder, then os.replace): an interrupted
+    run never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     try:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp,
-                  metadata={"version": CLASSIFIER_VERSION})
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp, metadata={"version": version})
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def load_digit_classifier(cache_dir: str | Path | None = None) -> DigitClassifier:
+    """The digit classifier, trained on first use and loaded from the safetensors cache afterwards.
+
+    A corrupt or outdated cache file is replaced by a fresh training run, written atomically (save_cached).
+    """
+    path = cache_path(cache_dir)
+    model = load_cached(path, DigitClassifier, CLASSIFIER_VERSION)
+    if model is not None:
+        return model
+    model = train_digit_classifier()
+    save_cached(model, path, CLASSIFIER_VERSION)
     return model
 
 
