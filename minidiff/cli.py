@@ -26,8 +26,6 @@ def cmd_train(args) -> None:
 
 
 def cmd_sample(args) -> None:
-    import torch
-
     from minidiff.plotting import save_grid, save_image, image_grid, save_points
     from minidiff.recipes import load_run, sample_from_run
 

@@ -30,9 +30,10 @@ class DiffusionConfig:
     schedule: str = "linear"       # 'linear' (DDPM) or 'cosine' (Improved DDPM)
     num_steps: int = 1000          # T
     prediction: str = "eps"        # what the network predicts: 'eps', 'x0' or 'v'
+    min_snr_gamma: float | None = None   # None: L_simple; a number: Min-SNR-gamma loss weighting (5 in the paper)
 
     def build(self) -> GaussianDiffusion:
-        return GaussianDiffusion(NoiseSchedule.make(self.schedule, self.num_steps), self.prediction)
+        return GaussianDiffusion(NoiseSchedule.make(self.schedule, self.num_steps), self.prediction, self.min_snr_gamma)
 
 
 @dataclass

@@ -153,3 +153,26 @@ def test_sample_timesteps_range(schedule):
 def test_unknown_prediction(schedule):
     with pytest.raises(ValueError, match="unknown prediction 'epsilon'.*eps, x0, v"):
         GaussianDiffusion(schedule, prediction="epsilon")
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_min_snr_weight_is_x0_error_times_capped_snr(prediction):
+    """Hang et al. eq. 7: whatever the target, weight * ||target error||^2 = min(SNR, gamma) * ||x0 error||^2."""
+    gamma = 5.0
+    diffusion = GaussianDiffusion(NoiseSchedule.make("cosine"), prediction, min_snr_gamma=gamma)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(6, 1, 4, 4, generator=g), torch.randn(6, 1, 4, 4, generator=g)
+    t = torch.tensor([0, 3, 50, 400, 800, 999])
+    x_t = diffusion.q_sample(x0, t, eps)
+    output = torch.randn(6, 1, 4, 4, generator=g)                       # any network output
+    target_error = (output - diffusion.target(x0, t, eps)).pow(2).flatten(1).sum(1)
+    x0_hat, _ = diffusion.predict_x0_eps(output, x_t, t)
+    x0_error = (x0_hat - x0).pow(2).flatten(1).sum(1)
+    snr = diffusion.schedule.snr()[t]
+    torch.testing.assert_close(diffusion.loss_weight(t) * target_error, snr.clamp(max=gamma) * x0_error,
+                               rtol=1e-3, atol=1e-5)
+
+
+def test_min_snr_must_be_positive():
+    with pytest.raises(ValueError, match="min_snr_gamma"):
+        GaussianDiffusion(NoiseSchedule.make("cosine"), min_snr_gamma=0)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from minidiff.cli import main
-from minidiff.data.captions import CaptionError, PromptSpec, Thing, describe, parse, plain_caption
-from minidiff.data.shapes import (COLORS, HELDOUT_PAIRS, SHAPES, SIZES, Scene, ShapeObject, coverage, place,
+from minidiff.data.captions import CaptionError, PromptSpec, Thing, parse, plain_caption
+from minidiff.data.shapes import (COLORS, HELDOUT_PAIRS, SHAPES, Scene, ShapeObject, coverage,
                                   position_of, relation_holds, render)
 from minidiff.data.shapes_dataset import (SPLITS, ShapesOptions, build_shapes, make_example, scene_for_spec,
                                           shapes_split, shapes_tensors)

@@ -19,7 +19,7 @@ linear ramp across the edge. No fonts, no files, no network; the same seed gives
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -216,11 +216,3 @@ def allowed_colors(shape: str, heldout: bool) -> list[str]:
     """Colors a shape may take outside the held-out split (never its held-out pair), or inside it (only that)."""
     return [c for c in COLORS if ((shape, c) in HELDOUT_PAIRS) == heldout]
 
-
-@dataclass
-class SceneOptions:
-    """How scenes for a split are drawn."""
-    backgrounds: tuple[str, ...] = ("black",)                 # drawn uniformly; the first is the default
-    category_weights: dict = field(default_factory=lambda: {
-        "single_object": 0.25, "two_objects": 0.25, "spatial_relation": 0.2, "counting": 0.15, "position": 0.15})
-    describe_size: float = 0.5                                # chance a caption names an object's size

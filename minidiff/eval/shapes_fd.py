@@ -38,7 +38,7 @@ from minidiff.data.shapes import COLORS, MAX_RESOLUTION, SHAPES
 from minidiff.data.shapes_dataset import make_example, shapes_tensors
 from minidiff.eval.digits import cache_path, frechet_distance, load_cached, save_cached
 
-CLASSIFIER_VERSION = "shapes-attribute-cnn-v1"   # bump when the architecture or training changes: old caches are ignored
+CLASSIFIER_VERSION = "shapes-attribute-cnn-v1"   # bump when the architecture or training changes: old caches ignored
 CLASSIFIER_SIZE = 32                  # every input is resized to 32x32
 MIN_SIZE, MAX_SIZE = 32, MAX_RESOLUTION   # image sizes the metric accepts (below 32 a small object is a few pixels)
 RANGE_TOLERANCE = 0.5                 # samplers overshoot [-1, 1] a little; beyond +-1.5 the range is wrong
@@ -229,9 +229,11 @@ def shapes_frechet(images: torch.Tensor | np.ndarray, n_reference: int | None = 
         frechet_ratio   frechet / real_frechet (about 1 = as close to the training scenes as held-out scenes)
 
     Like with like: the Frechet distance is biased upwards the fewer samples it sees, so the baseline uses
-    exactly N real test scenes against the same M train scenes. Compare FDs only at equal N and M; prefer
-    N >= 500 (the distance of 128 images is noisy). Train scenes 0..4999 also trained the classifier, so a
-    model that memorised them can score a frechet_ratio below 1.
+    exactly N real test scenes against the same M train scenes. Compare FDs only at equal N and M. The
+    ratio of two *real* sets drifts with which scenes they hold: about 0.5..2 at N = 128, 0.9..1.6 at
+    N = 500, 1.0..1.2 at N = 1000 (a broken generator scores 5 and more), so generate N >= 1000 to compare
+    two good models. Train scenes 0..4999 also trained the classifier, so a model that memorised them can
+    score a frechet_ratio below 1.
     """
     images = as_shapes_images(images)                                              # (N, 3, S, S)
     n, size = len(images), images.shape[-1]

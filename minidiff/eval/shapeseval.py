@@ -35,8 +35,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, replace
-from functools import lru_cache
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +49,7 @@ UNIT_AREA = {"circle": math.pi, "square": 4.0, "diamond": 2.0, "triangle": 2.0,
              "cross": 2 * 2 * (2 * CROSS_ARM) - (2 * CROSS_ARM) ** 2}
 CENTROID_OFFSET = {"circle": 0.0, "square": 0.0, "diamond": 0.0, "cross": 0.0,
                    "triangle": 1 / 3}          # the triangle's centroid lies R/3 below its box center
-MIN_EVAL_RESOLUTION = 32   # below this a small object is a few pixels: no judge tells a blurred diamond from a circle
+MIN_EVAL_RESOLUTION = 24   # at 16 px a small object is 4 pixels wide: blurred, its shape is a guess (counting 0.93)
 MIN_ALPHA = 0.5        # a pixel belongs to a color when at least half of it is explained by that color
 MIN_AREA_FRACTION = 1 / 3
 MAX_MISFIT = 0.6       # largest template difference (L1 / area) of anything counted as an object
@@ -92,7 +91,7 @@ def as_uint8_images(images) -> list[np.ndarray]:
                              f"images in [-1, 1] as a torch tensor (N, 3, H, W) instead")
         if not MIN_EVAL_RESOLUTION <= im.shape[0] <= MAX_RESOLUTION:
             raise ValueError(f"ShapesEval reads images of {MIN_EVAL_RESOLUTION} to {MAX_RESOLUTION} pixels, got {im.shape[0]}; "
-                             f"generate at 32 or more (below 32 a small object is too few pixels to tell its shape)")
+                             f"generate at 24 or more (below that a small object is too few pixels to tell its shape)")
     return images
 
 
@@ -142,33 +141,38 @@ def detect(image: np.ndarray) -> list[Detection]:
 
     min_area = MIN_AREA_FRACTION * min(UNIT_AREA.values()) * (min(SIZES.values()) * size) ** 2
     ring = max(1, round(size / 32))            # how far a blurred edge reaches beyond the pixels of alpha >= 0.5
-    detections = []
-    for k, color in enumerate(_COLOR_NAMES):
+    # objects: connected pixels of one color, specks dropped; `owner` marks which color owns each object pixel
+    objects, owner = [], np.full(label.shape, -1)
+    for k in range(len(_COLOR_NAMES)):
         components, _ = ndimage.label(label == k, structure=np.ones((3, 3)))
         for index, box in enumerate(ndimage.find_objects(components), start=1):
-            if (components[box] == index).sum() < min_area:
-                continue
-            # work on a crop around the component: its pixels, the ring, and room for a blurred template
-            pad = ring + 6
-            top, left = max(box[0].start - pad, 0), max(box[1].start - pad, 0)
-            crop = (slice(top, box[0].stop + pad), slice(left, box[1].stop + pad))
-            pixels = components[crop] == index
-            grown = ndimage.binary_dilation(pixels, structure=np.ones((3, 3)), iterations=ring)
-            # the soft mask: this color's alpha on the component and its ring (not on other colors' pixels)
-            mask = np.where(grown & ((label[crop] == k) | (label[crop] == -1)), alpha[crop][..., k], 0.0)
-            area = mask.sum()
-            rows = np.arange(mask.shape[0]) + top + 0.5          # pixel centers, in image coordinates
-            cols = np.arange(mask.shape[1]) + left + 0.5
-            cy, cx = (mask.sum(1) * rows).sum() / area, (mask.sum(0) * cols).sum() / area
-            fits = []
-            for shape in SHAPES:
-                for blur in (b for b in BLURS if b <= 0.04 * size):   # blurs beyond 4% of the side erase shapes
-                    template, R, box_y = _template(shape, cx, cy, area, rows, cols, blur)
-                    fits.append((np.abs(template - mask).sum() / area, shape, R, box_y))
-            misfit, shape, R, box_y = min(fits, key=lambda f: f[0])
-            if misfit <= MAX_MISFIT:
-                detections.append(Detection(shape, color, _size_class(R / size), float(cx / size),
-                                            float(box_y / size), float(R / size), float(misfit)))
+            if (components[box] == index).sum() >= min_area:
+                objects.append((k, box, components == index))
+                owner[components == index] = k
+    detections = []
+    for k, box, pixels in objects:
+        color = _COLOR_NAMES[k]
+        # work on a crop around the object: its pixels, the ring, and room for a blurred template
+        pad = ring + 6
+        top, left = max(box[0].start - pad, 0), max(box[1].start - pad, 0)
+        crop = (slice(top, box[0].stop + pad), slice(left, box[1].stop + pad))
+        grown = ndimage.binary_dilation(pixels[crop], structure=np.ones((3, 3)), iterations=ring)
+        # the soft mask: this color's alpha on the object and its ring, where no other object is. Faint edge
+        # pixels that a neighbouring hue explained slightly better still count: they are this object's blur.
+        mask = np.where(grown & ((owner[crop] == k) | (owner[crop] == -1)), alpha[crop][..., k], 0.0)
+        area = mask.sum()
+        rows = np.arange(mask.shape[0]) + top + 0.5          # pixel centers, in image coordinates
+        cols = np.arange(mask.shape[1]) + left + 0.5
+        cy, cx = (mask.sum(1) * rows).sum() / area, (mask.sum(0) * cols).sum() / area
+        fits = []
+        for shape in SHAPES:
+            for blur in (b for b in BLURS if b <= 0.04 * size):   # blurs beyond 4% of the side erase shapes
+                template, R, box_y = _template(shape, cx, cy, area, rows, cols, blur)
+                fits.append((np.abs(template - mask).sum() / area, shape, R, box_y))
+        misfit, shape, R, box_y = min(fits, key=lambda f: f[0])
+        if misfit <= MAX_MISFIT:
+            detections.append(Detection(shape, color, _size_class(R / size), float(cx / size),
+                                        float(box_y / size), float(R / size), float(misfit)))
     return detections
 
 

@@ -14,7 +14,7 @@ The module names follow diffusers' UNet2DModel closely, so its checkpoints load 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F

@@ -2,6 +2,7 @@
 
 Paper: Ho et al. 2020, Denoising Diffusion Probabilistic Models (arXiv:2006.11239).
 v-prediction: Salimans & Ho 2022, Progressive Distillation (arXiv:2202.00512), section 4.
+Min-SNR weighting: Hang et al. 2023, Efficient Diffusion Training via Min-SNR Weighting (arXiv:2303.09556), eq. 7.
 
 | code          | paper                         |
 |---------------|-------------------------------|
@@ -31,13 +32,19 @@ class GaussianDiffusion:
     """Forward process q(x_t | x0) and the simple loss, for one schedule and one prediction target.
 
     prediction: what the network outputs, 'eps' (DDPM), 'x0', or 'v' (needed from Chapter 3 on).
+    min_snr_gamma: None for L_simple (every timestep weighted alike); a number gamma for Min-SNR weighting, which
+        caps each timestep's weight in x0 terms at gamma, so that the many nearly clean timesteps (high SNR),
+        where denoising is easy, stop dominating the gradient.
     """
 
-    def __init__(self, schedule: NoiseSchedule, prediction: str = "eps"):
+    def __init__(self, schedule: NoiseSchedule, prediction: str = "eps", min_snr_gamma: float | None = None):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+        if min_snr_gamma is not None and min_snr_gamma <= 0:
+            raise ValueError(f"min_snr_gamma must be positive (5 in the paper) or None, got {min_snr_gamma}")
         self.schedule = schedule
         self.prediction = prediction
+        self.min_snr_gamma = min_snr_gamma
 
     @property
     def num_steps(self) -> int:
@@ -76,10 +83,24 @@ class GaussianDiffusion:
             eps = s * x_t + a * output
         return x0, eps
 
+    def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """Min-SNR weight of each timestep, (B,), for this prediction target (Hang et al. eq. 7 and its table):
+
+            eps:  min(SNR, gamma) / SNR      x0:  min(SNR, gamma)      v:  min(SNR, gamma) / (SNR + 1)
+
+        Each turns the target's squared error into the x0 error times min(SNR, gamma)."""
+        snr = self.schedule.snr().to(t.device)[t]                                        # (B,)
+        capped = snr.clamp(max=self.min_snr_gamma)
+        return {"eps": capped / snr, "x0": capped, "v": capped / (snr + 1)}[self.prediction]
+
     def loss(self, model: Model, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """L_simple = E_{t, x0, eps} || target - model(x_t, t) ||^2 (DDPM eq. 14), averaged over all elements."""
+        """L_simple = E_{t, x0, eps} || target - model(x_t, t) ||^2 (DDPM eq. 14), averaged over all elements;
+        with min_snr_gamma, each sample's squared error is weighted by loss_weight(t) first."""
         t = self.sample_timesteps(x0.shape[0], generator).to(x0.device)                    # (B,)
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)   # like x0
         x_t = self.q_sample(x0, t, eps)
         output = model(x_t, t)
-        return F.mse_loss(output.float(), self.target(x0, t, eps).float())
+        if self.min_snr_gamma is None:
+            return F.mse_loss(output.float(), self.target(x0, t, eps).float())
+        per_sample = (output.float() - self.target(x0, t, eps).float()).pow(2).flatten(1).mean(1)   # (B,)
+        return (self.loss_weight(t) * per_sample).mean()
