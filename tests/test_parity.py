@@ -19,7 +19,7 @@ DDPM_EMBEDDING = dict(flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6, downsa
 # diffusers' up_block_types[i] works at level n-1-i: the up path lists the levels in reverse.
 CONFIGS = {
     # mirrors UNetConfig.toy(): attention only at level 2 (4x4), one ResBlock per level, one input channel
-    "toy": dict(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(32, 64, 128), layers_per_block=1,
+    "toy": dict(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(16, 32, 64), layers_per_block=1,
                 down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
                 up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
                 norm_num_groups=8, attention_head_dim=None, **DDPM_EMBEDDING),
@@ -135,7 +135,7 @@ def test_parameter_counts_match_diffusers():
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     with torch.device("meta"):
         assert count(UNet2DModel(**cifar10)) == 35_746_307 == count(UNet(UNetConfig.ddpm_cifar10()))
-        assert count(UNet2DModel(**CONFIGS["toy"])) == count(UNet(UNetConfig.toy())) == 2_734_945
+        assert count(UNet2DModel(**CONFIGS["toy"])) == count(UNet(UNetConfig.toy())) == 686_769
 
 
 # ---------------------------------------------------------------------------- errors

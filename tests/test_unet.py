@@ -62,7 +62,7 @@ def test_ddpm_cifar10_parameter_count():
 
 def test_toy_parameter_count():
     with torch.device("meta"):
-        assert count(UNet(UNetConfig.toy())) == 2_734_945
+        assert count(UNet(UNetConfig.toy())) == 686_769
 
 
 def test_parameter_count_by_hand():

@@ -60,8 +60,11 @@ class UNetConfig:
 
     @classmethod
     def toy(cls, **overrides) -> "UNetConfig":
-        """1-channel 16x16 digits on a laptop CPU: 2,734,945 parameters."""
-        defaults = dict(in_channels=1, out_channels=1, sample_size=16, block_channels=(32, 64, 128),
+        """1-channel 16x16 digits on a laptop CPU: 686,769 parameters.
+
+        Narrow on purpose: on 2 CPU cores training is compute-bound, and in a 5-minute budget this width, trained
+        for twice the steps, drew more recognizable digits than the wider (32, 64, 64) (benchmarks/RESULTS.md)."""
+        defaults = dict(in_channels=1, out_channels=1, sample_size=16, block_channels=(16, 32, 64),
                         attention_levels=(2,), layers_per_block=1, norm_groups=8, dropout=0.0)
         return cls(**{**defaults, **overrides})
 
