@@ -70,7 +70,7 @@ RECIPES = {
         description="DDPM on scikit-learn's real handwritten digits at 16x16 (Chapter 1's main job)",
         preset="unet-toy", presets=("unet-toy", "ddpm-cifar10"), data="digits",
         diffusion=DiffusionConfig(schedule="cosine", prediction="eps"),
-        train=TrainConfig(steps=2200, batch_size=64, lr=2e-3, warmup_steps=100, sample_every=1000),
+        train=TrainConfig(steps=1900, batch_size=64, lr=2e-3, warmup_steps=100, sample_every=1000),
         sample=SampleConfig(sampler="ddpm", sample_steps=100),
         model_overrides={"in_channels": 1, "out_channels": 1, "sample_size": 16},
         eval_samples=594,

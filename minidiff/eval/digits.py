@@ -198,12 +198,17 @@ def load_digit_classifier(cache_dir: str | Path | None = None) -> DigitClassifie
 
     A corrupt or outdated cache file is replaced by a fresh training run, written atomically (save_cached).
     """
-    path = cache_path(cache_dir)
-    model = load_cached(path, DigitClassifier, CLASSIFIER_VERSION)
-    if model is not None:
-        return model
-    model = train_digit_classifier()
-    save_cached(model, path, CLASSIFIER_VERSION)
+    return cached_or_trained(cache_dir, CLASSIFIER_VERSION, DigitClassifier, train_digit_classifier)
+
+
+def cached_or_trained(cache_dir: str | Path | None, version: str, make_model: Callable[[], nn.Module],
+                      train: Callable[[], nn.Module]) -> nn.Module:
+    """A judge's classifier from the cache if a valid file of this version is there; else trained and cached."""
+    path = cache_path(cache_dir, version)
+    model = load_cached(path, make_model, version)
+    if model is None:
+        model = train()
+        save_cached(model, path, version)
     return model
 
 

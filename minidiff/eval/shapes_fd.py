@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from minidiff.data.images import to_model_range
 from minidiff.data.shapes import COLORS, MAX_RESOLUTION, SHAPES
 from minidiff.data.shapes_dataset import make_example, shapes_tensors
-from minidiff.eval.digits import cache_path, frechet_distance, load_cached, save_cached
+from minidiff.eval.digits import cached_or_trained, frechet_distance
 
 CLASSIFIER_VERSION = "shapes-attribute-cnn-v1"   # bump when the architecture or training changes: old caches ignored
 CLASSIFIER_SIZE = 32                  # every input is resized to 32x32
@@ -190,13 +190,7 @@ def load_shapes_classifier(cache_dir: str | Path | None = None) -> ShapesAttribu
     Same cache as the digit classifier: cache_dir, else $MINIDIFF_CACHE, else ~/.cache/minidiff, one file
     per CLASSIFIER_VERSION; a corrupt or outdated file is replaced by a fresh run, written atomically.
     """
-    path = cache_path(cache_dir, CLASSIFIER_VERSION)
-    model = load_cached(path, ShapesAttributeClassifier, CLASSIFIER_VERSION)
-    if model is not None:
-        return model
-    model = train_shapes_classifier()
-    save_cached(model, path, CLASSIFIER_VERSION)
-    return model
+    return cached_or_trained(cache_dir, CLASSIFIER_VERSION, ShapesAttributeClassifier, train_shapes_classifier)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -230,9 +224,10 @@ def shapes_frechet(images: torch.Tensor | np.ndarray, n_reference: int | None = 
 
     Like with like: the Frechet distance is biased upwards the fewer samples it sees, so the baseline uses
     exactly N real test scenes against the same M train scenes. Compare FDs only at equal N and M. The
-    ratio of two *real* sets drifts with which scenes they hold: about 0.5..2 at N = 128, 0.9..1.6 at
-    N = 500, 1.0..1.2 at N = 1000 (a broken generator scores 5 and more), so generate N >= 1000 to compare
-    two good models. Train scenes 0..4999 also trained the classifier, so a model that memorised them can
+    ratio of two *real* sets drifts with which scenes they hold: benchmarks/bench_shapes_fd.py measured
+    0.58..1.01 over 15 chunks of N = 128 validation renders, 0.97..1.51 at N = 500 and 1.15..1.67 at N = 1000
+    (blank, noise and grayed images score 40 to 140), so compare two good models at N >= 1000, and read a
+    ratio below about 2 as "looks like real renders". Train scenes 0..4999 also trained the classifier, so a model that memorised them can
     score a frechet_ratio below 1.
     """
     images = as_shapes_images(images)                                              # (N, 3, S, S)

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minidiff.data.captions import CATEGORIES, PromptSpec, Thing, parse
+from minidiff.data.captions import CATEGORIES, PromptSpec, Thing, parse, plain_caption
 from minidiff.data.shapes import (COLORS, CROSS_ARM, MAX_RESOLUTION, SHAPES, SIZES, position_of,
                                   relation_holds, signed_distance)
 
@@ -218,7 +218,10 @@ def check(spec: PromptSpec, detections: list[Detection]) -> tuple[bool, str]:
 
 
 def as_spec(prompt) -> PromptSpec:
-    """A PromptSpec from a spec, a suite entry ({'prompt', 'category', 'spec'}) or a caption string."""
+    """A PromptSpec from a spec, a suite entry ({'prompt', 'category', 'spec'}) or a caption string.
+
+    A caption naming two objects reads as category 'two_objects' (shapes checked, colors not); to check that each
+    color is bound to its shape, pass a suite entry or a PromptSpec with category 'attribute_binding'."""
     if isinstance(prompt, PromptSpec):
         return prompt
     if isinstance(prompt, dict):
@@ -243,7 +246,7 @@ def score(images, prompts, report: bool = True) -> dict:
     for image, spec, prompt in zip(images, specs, prompts):
         detections = detect(image)
         passed, reason = check(spec, detections)
-        text = prompt if isinstance(prompt, str) else prompt.get("prompt", "") if isinstance(prompt, dict) else ""
+        text = prompt if isinstance(prompt, str) else prompt["prompt"] if isinstance(prompt, dict) else plain_caption(spec)
         results.append({"prompt": text, "category": spec.category, "passed": passed, "reason": reason,
                         "detected": [f"{d.size} {d.color} {d.shape} at the {d.position}" for d in detections]})
     categories = {}
@@ -265,7 +268,6 @@ SUITE_SEED = {"v1": 20261122}
 def build_suite(version: str = "v1") -> dict[str, list[dict]]:
     """Generate the suites of a version from its seed: {'v1': [...], 'v1-heldout': [...]}. The committed files
     in minidiff/eval/suites/ are this function's output (a test checks it); a new version gets a new seed."""
-    from minidiff.data.captions import plain_caption
     from minidiff.data.shapes_dataset import random_spec
 
     rng = np.random.default_rng(SUITE_SEED[version])
