@@ -368,7 +368,7 @@ def shuffled_within_category(prompts, seed: int = 0) -> list:
     rng = np.random.default_rng(seed)
     specs = [as_spec(p) for p in prompts]
     out = list(prompts)
-    for category in {s.category for s in specs}:
+    for category in dict.fromkeys(s.category for s in specs):     # in order of appearance: reproducible
         idx = [i for i, s in enumerate(specs) if s.category == category]
         for i, j in zip(idx, np.roll(rng.permutation(idx), 1)):
             out[i] = prompts[j]
