@@ -125,18 +125,27 @@ def random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def train_digit_classifier(epochs: int = 15, batch_size: int = 64, lr: float = 3e-3, seed: int = 0) -> DigitClassifier:
-    """Train DigitClassifier on the 1500 training digits (16x16): Adam with a one-cycle schedule, augmented.
-
-    Deterministic for a fixed seed: it runs on one CPU thread (the operations are tiny, so one thread is
-    also the fastest, by far on a busy machine) and restores the global RNG and thread count afterwards.
-    """
+    """Train DigitClassifier on the 1500 training digits (16x16), augmented (fit_classifier: deterministic)."""
     images, labels = digits_tensors("train", CLASSIFIER_SIZE)   # (1500, 1, 16, 16), (1500,)
+    return fit_classifier(DigitClassifier, images, labels, F.cross_entropy, epochs, batch_size, lr, seed,
+                          augment=random_affine)
+
+
+def fit_classifier(make_model: Callable[[], nn.Module], images: torch.Tensor, labels: torch.Tensor,
+                   loss_fn: Callable, epochs: int, batch_size: int, lr: float, seed: int,
+                   augment: Callable | None = None) -> nn.Module:
+    """The training loop of the judges' classifiers: Adam with a one-cycle schedule, on one CPU thread.
+
+    Deterministic for a fixed seed: one thread (the operations are tiny, so one thread is also the fastest,
+    by far on a busy machine); the global RNG and thread count are restored afterwards.
+    augment(x, generator) -> x, if given, transforms each batch.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = DigitClassifier()
+            model = make_model()
         generator = torch.Generator().manual_seed(seed)
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         steps_per_epoch = math.ceil(len(images) / batch_size)
@@ -146,8 +155,8 @@ def train_digit_classifier(epochs: int = 15, batch_size: int = 64, lr: float = 3
             order = torch.randperm(len(images), generator=generator)
             for start in range(0, len(images), batch_size):
                 batch = order[start:start + batch_size]
-                x = random_affine(images[batch], generator)               # (B, 1, 16, 16)
-                loss = F.cross_entropy(model(x), labels[batch])
+                x = images[batch] if augment is None else augment(images[batch], generator)
+                loss = loss_fn(model(x), labels[batch])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

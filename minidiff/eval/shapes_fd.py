@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from minidiff.data.images import to_model_range
 from minidiff.data.shapes import COLORS, MAX_RESOLUTION, SHAPES
 from minidiff.data.shapes_dataset import make_example, shapes_tensors
-from minidiff.eval.digits import cached_or_trained, frechet_distance
+from minidiff.eval.digits import cached_or_trained, fit_classifier, frechet_distance
 
 CLASSIFIER_VERSION = "shapes-attribute-cnn-v1"   # bump when the architecture or training changes: old caches ignored
 CLASSIFIER_SIZE = 32                  # every input is resized to 32x32
@@ -155,33 +155,11 @@ def train_shapes_classifier(n_images: int = 5000, epochs: int = 5, batch_size: i
     """Train ShapesAttributeClassifier on n_images train-split renders at 32x32: Adam, one-cycle schedule,
     binary cross-entropy per label (each label is its own yes/no question).
 
-    Deterministic for a fixed seed: it runs on one CPU thread (the operations are tiny, so one thread is
-    also the fastest on a busy machine) and restores the global RNG and thread count afterwards.
+    Deterministic for a fixed seed (minidiff.eval.digits.fit_classifier).
     """
     images, labels = shapes_attribute_data("train", n_images)     # (n, 3, 32, 32), (n, 11)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = ShapesAttributeClassifier()
-        generator = torch.Generator().manual_seed(seed)
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        steps_per_epoch = -(-len(images) // batch_size)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch)
-        model.train()
-        for epoch in range(epochs):
-            order = torch.randperm(len(images), generator=generator)
-            for start in range(0, len(images), batch_size):
-                batch = order[start:start + batch_size]
-                loss = F.binary_cross_entropy_with_logits(model(images[batch]), labels[batch])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-    finally:
-        torch.set_num_threads(threads)
-    return model.eval()
+    return fit_classifier(ShapesAttributeClassifier, images, labels, F.binary_cross_entropy_with_logits,
+                          epochs, batch_size, lr, seed)
 
 
 def load_shapes_classifier(cache_dir: str | Path | None = None) -> ShapesAttributeClassifier:
