@@ -12,13 +12,7 @@ from minidiff.eval.shapes_fd import (CLASSIFIER_VERSION, LABELS, MIN_IMAGES, as_
                                      train_shapes_classifier)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: on a shared 2-core machine one thread is several times faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

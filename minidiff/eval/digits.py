@@ -93,6 +93,11 @@ def check_digit_images(images: torch.Tensor) -> None:
     if not images.is_floating_point():
         raise ValueError(f"images must be floating point in [-1, 1], got {images.dtype}; "
                          f"map uint8 pixels with minidiff.data.to_model_range(x / 255)")
+    check_pixel_values(images)
+
+
+def check_pixel_values(images: torch.Tensor) -> None:
+    """Raise a ValueError unless every value is finite and within [-1, 1] (give or take RANGE_TOLERANCE)."""
     if not torch.isfinite(images).all():
         raise ValueError("images contain NaN or infinity; the sampler diverged (check the schedule and the model)")
     low, high = images.min().item(), images.max().item()

@@ -36,12 +36,11 @@ import torch.nn.functional as F
 from minidiff.data.images import to_model_range
 from minidiff.data.shapes import COLORS, MAX_RESOLUTION, SHAPES
 from minidiff.data.shapes_dataset import make_example, shapes_tensors
-from minidiff.eval.digits import cached_or_trained, fit_classifier, frechet_distance
+from minidiff.eval.digits import cached_or_trained, check_pixel_values, fit_classifier, frechet_distance
 
 CLASSIFIER_VERSION = "shapes-attribute-cnn-v1"   # bump when the architecture or training changes: old caches ignored
 CLASSIFIER_SIZE = 32                  # every input is resized to 32x32
 MIN_SIZE, MAX_SIZE = 32, MAX_RESOLUTION   # image sizes the metric accepts (below 32 a small object is a few pixels)
-RANGE_TOLERANCE = 0.5                 # samplers overshoot [-1, 1] a little; beyond +-1.5 the range is wrong
 LABELS = SHAPES + tuple(COLORS)       # the 11 outputs: 5 shapes, then 6 colors
 FEATURE_DIM = 64
 MIN_IMAGES = 2 * FEATURE_DIM          # fewer images than this make the 64x64 covariances too noisy to compare
@@ -118,12 +117,7 @@ def as_shapes_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:
                          f"resize with torch.nn.functional.interpolate")
     if images.shape[0] == 0:
         raise ValueError(f"got no images (N = 0); generate at least {MIN_IMAGES}")
-    if not torch.isfinite(images).all():
-        raise ValueError("images contain NaN or infinity; the sampler diverged (check the schedule and the model)")
-    low, high = images.min().item(), images.max().item()
-    if low < -1 - RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
-        raise ValueError(f"images must be in [-1, 1], got values in [{low:.3g}, {high:.3g}]; map [0, 1] pixels "
-                         f"with minidiff.data.to_model_range, or clamp sampler output with .clamp(-1, 1)")
+    check_pixel_values(images)
     return images.float()
 
 
