@@ -30,6 +30,8 @@ def cmd_sample(args) -> None:
     from minidiff.recipes import load_run, sample_from_run
 
     model, sections = load_run(args.run_dir)
+    if "diffusion" not in sections:
+        sample_from_run(model, sections, 1)                 # raises the clear error for autoencoder runs
     overrides = {k: v for k, v in {"sampler": args.sampler, "sample_steps": args.steps, "eta": args.eta}.items()
                  if v is not None}
     steps_max = sections["diffusion"].num_steps
@@ -42,7 +44,7 @@ def cmd_sample(args) -> None:
     samples = sample_from_run(model, sections, args.n, seed=args.seed, **overrides)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if sections["data"].dataset == "digits":
+    if samples.ndim == 4:                                   # images (digits, Shapes); else 2D points
         for i, image in enumerate(samples):
             save_image(image_grid(image[None], nrow=1, pad=0), out / f"sample_{i:04d}.png", scale=4)
         save_grid(samples, out / "grid.png")
@@ -66,11 +68,11 @@ def cmd_eval(args) -> None:
 def cmd_presets(args) -> None:
     from minidiff.models import PRESETS, count_parameters
 
-    print(f"{'preset':<16}{'network':<14}{'parameters':>14}{'published':>14}")
+    print(f"{'preset':<18}{'network':<20}{'parameters':>14}{'published':>14}")
     for name, (network, _, published) in PRESETS.items():
         count = count_parameters(name)
         published_text = f"{published:,}" if published else "-"
-        print(f"{name:<16}{network.__name__:<14}{count:>14,}{published_text:>14}")
+        print(f"{name:<18}{network.__name__:<20}{count:>14,}{published_text:>14}")
 
 
 def cmd_data(args) -> None:
@@ -86,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minidiff", description="Text-to-image diffusion from scratch.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a recipe (ddpm-digits, ddpm-2d)")
+    p = sub.add_parser("train", help="train a recipe (ddpm-digits, ddpm-2d, vae-shapes, ldm-shapes, ddpm-shapes)")
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. steps=500 lr=1e-3")
     p.add_argument("--preset", help="model preset (see `minidiff presets`)")

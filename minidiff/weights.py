@@ -5,7 +5,7 @@ A diffusers model folder holds `config.json` (the constructor's arguments, plus 
 equivalent minidiff config, renames the weight keys, and loads them strictly: a missing or unexpected
 key is an error, never silently ignored. Weights are read with safetensors only: nothing is unpickled.
 
-Chapter 1 supports `UNet2DModel`; later chapters add the autoencoder, text encoders and pipelines.
+Chapter 1 supports `UNet2DModel`, Chapter 2 `AutoencoderKL`; later chapters add text encoders and pipelines.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from minidiff.models.autoencoder import Autoencoder, AutoencoderConfig
 from minidiff.models.unet import UNet, UNetConfig
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
@@ -47,10 +48,10 @@ def _read_folder(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     raise PretrainedError(f"{path} has no {' or '.join(WEIGHT_FILES)}; save the model with safe_serialization=True")
 
 
-def _require(config: dict, key: str, expected, default) -> None:
+def _require(config: dict, key: str, expected, default, network: str = "U-Net") -> None:
     value = config.get(key, default)
     if value != expected:
-        raise PretrainedError(f"diffusers config has {key}={value!r}, which minidiff's U-Net does not support "
+        raise PretrainedError(f"diffusers config has {key}={value!r}, which minidiff's {network} does not support "
                               f"(it needs {expected!r})")
 
 
@@ -93,11 +94,34 @@ def unet_config_from_diffusers(config: dict) -> UNetConfig:
     )
 
 
-# diffusers name -> minidiff name. Old diffusers checkpoints use query/key/value/proj_attn for attention.
+def autoencoder_config_from_diffusers(config: dict) -> AutoencoderConfig:
+    """diffusers AutoencoderKL config.json -> AutoencoderConfig."""
+    for key, expected, default in [("act_fn", "silu", "silu"), ("mid_block_add_attention", True, True)]:
+        _require(config, key, expected, default, "autoencoder")
+    down, up = set(config.get("down_block_types", [])), set(config.get("up_block_types", []))
+    if down - {"DownEncoderBlock2D"} or up - {"UpDecoderBlock2D"}:
+        raise PretrainedError(f"unsupported block types {sorted(down | up)}; minidiff's autoencoder has "
+                              f"DownEncoderBlock2D and UpDecoderBlock2D")
+    return AutoencoderConfig(
+        in_channels=config.get("in_channels", 3),
+        out_channels=config.get("out_channels", 3),
+        block_channels=tuple(config.get("block_out_channels", (64,))),
+        layers_per_block=config.get("layers_per_block", 1),
+        latent_channels=config.get("latent_channels", 4),
+        norm_groups=config.get("norm_num_groups", 32),
+        use_quant_conv=config.get("use_quant_conv", True),
+        use_post_quant_conv=config.get("use_post_quant_conv", True),
+        scaling_factor=config.get("scaling_factor", 0.18215),
+        shift_factor=config.get("shift_factor") or 0.0,
+        sample_size=config.get("sample_size", 32),
+    )
+
+
+# diffusers name -> minidiff name (the U-Net's, and the autoencoder's encoder. and decoder.). Old diffusers checkpoints use query/key/value/proj_attn for attention.
 UNET_KEY_MAP = [
     (r"\.downsamplers\.0\.", ".resample."),
     (r"\.upsamplers\.0\.", ".resample."),
-    (r"^mid_block\.attentions\.0\.", "mid_block.attention."),
+    (r"(^|\.)mid_block\.attentions\.0\.", r"\1mid_block.attention."),
     (r"\.to_out\.0\.", ".to_out."),
     (r"\.query\.", ".to_q."), (r"\.key\.", ".to_k."), (r"\.value\.", ".to_v."), (r"\.proj_attn\.", ".to_out."),
 ]
@@ -131,6 +155,8 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32) -> tor
 
     UNet2DModel -> minidiff.models.unet.UNet, whose forward(x_t, t) takes what diffusers' takes as
     (sample, timestep) and returns the tensor diffusers returns as `.sample`.
+    AutoencoderKL -> minidiff.models.autoencoder.Autoencoder: encode(x).mean / .logvar are diffusers'
+    latent_dist.mean / .logvar, and decode(z) is its decode(z).sample; scaling and shift factors come along.
     """
     path = Path(path)
     config, state_dict = _read_folder(path)
@@ -139,5 +165,9 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32) -> tor
         model = UNet(unet_config_from_diffusers(config))
         load_state_dict_strict(model, rename_keys(state_dict, UNET_KEY_MAP), str(path))
         return model.to(dtype).eval()
+    if class_name == "AutoencoderKL":
+        model = Autoencoder(autoencoder_config_from_diffusers(config))
+        load_state_dict_strict(model, rename_keys(state_dict, UNET_KEY_MAP), str(path))
+        return model.to(dtype).eval()
     raise PretrainedError(f"{path} holds a {class_name!r}, which load_pretrained does not support yet "
-                          f"(supported: UNet2DModel)")
+                          f"(supported: UNet2DModel, AutoencoderKL)")

@@ -163,8 +163,8 @@ def test_config_is_not_json(tmp_path):
 
 def test_unsupported_class_name(tmp_path):
     _, path = save(tmp_path, **CONFIGS["no-attention"])
-    edit_config(tmp_path, _class_name="AutoencoderKL")
-    with pytest.raises(PretrainedError, match="holds a 'AutoencoderKL'.*supported: UNet2DModel"):
+    edit_config(tmp_path, _class_name="VQModel")
+    with pytest.raises(PretrainedError, match="holds a 'VQModel'.*supported: UNet2DModel, AutoencoderKL"):
         minidiff.load_pretrained(path)
 
 

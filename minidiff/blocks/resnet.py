@@ -4,9 +4,12 @@ Paper: Ho et al. 2020, DDPM (arXiv:2006.11239), appendix B: a Wide-ResNet block 
 the timestep embedding added between the two convolutions.
 
     h = conv1(SiLU(GroupNorm(x)))
-    h = h + Linear(SiLU(temb))[:, :, None, None]
+    h = h + Linear(SiLU(temb))[:, :, None, None]     (only in a network that has a timestep)
     h = conv2(dropout(SiLU(GroupNorm(h))))
     out = shortcut(x) + h          (shortcut is a 1x1 conv when channels change)
+
+The same block without the timestep line builds the autoencoder of latent diffusion (Rombach et al. 2022,
+arXiv:2112.10752), and MidBlock (ResBlock, self-attention, ResBlock) is the bottleneck of both networks.
 """
 from __future__ import annotations
 
@@ -14,27 +17,43 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minidiff.blocks.attention import SpatialSelfAttention
+
 
 class ResBlock(nn.Module):
-    """(B, C_in, H, W), temb (B, D) -> (B, C_out, H, W)."""
+    """(B, C_in, H, W), temb (B, D) or None -> (B, C_out, H, W). temb_dim=None: a block with no timestep input."""
 
-    def __init__(self, in_channels: int, out_channels: int, temb_dim: int, groups: int = 32, eps: float = 1e-6,
-                 dropout: float = 0.0):
+    def __init__(self, in_channels: int, out_channels: int, temb_dim: int | None, groups: int = 32,
+                 eps: float = 1e-6, dropout: float = 0.0):
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.time_emb_proj = nn.Linear(temb_dim, out_channels)
+        self.time_emb_proj = nn.Linear(temb_dim, out_channels) if temb_dim is not None else None
         self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))                            # (B, C_out, H, W)
-        h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]        # broadcast (B, C_out, 1, 1)
+        if self.time_emb_proj is not None:
+            h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]    # broadcast (B, C_out, 1, 1)
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
         return shortcut + h
+
+
+class MidBlock(nn.Module):
+    """The bottleneck: ResBlock, self-attention, ResBlock. (B, C, H, W), temb (B, D) or None -> (B, C, H, W)."""
+
+    def __init__(self, channels: int, temb_dim: int | None, groups: int = 32, eps: float = 1e-6,
+                 dropout: float = 0.0, head_dim: int | None = None):
+        super().__init__()
+        self.resnets = nn.ModuleList(ResBlock(channels, channels, temb_dim, groups, eps, dropout) for _ in range(2))
+        self.attention = SpatialSelfAttention(channels, head_dim, groups, eps)
+
+    def forward(self, h: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
+        return self.resnets[1](self.attention(self.resnets[0](h, temb)), temb)
 
 
 class Downsample(nn.Module):

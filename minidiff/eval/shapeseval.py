@@ -214,6 +214,28 @@ def check(spec: PromptSpec, detections: list[Detection]) -> tuple[bool, str]:
     return True, "ok"
 
 
+def object_recall(images, objects: list[list[dict]], max_offset: float = 0.5) -> dict:
+    """The share of known objects found in images that should show them: the judge of reconstructions.
+
+    images: what `score` accepts, one per scene; objects: each scene's true objects (dicts with shape, color,
+    size, x, y as in minidiff.data.shapes_dataset examples). An object counts as found if a detection has its
+    shape, color and size class and a center within max_offset of its half-side. Returns {'recall', 'found',
+    'objects', 'scene_recall'} (scene_recall: scenes whose every object was found, and nothing else).
+    """
+    images = as_uint8_images(images)
+    if len(images) != len(objects):
+        raise ValueError(f"{len(images)} images but {len(objects)} object lists: pass one list per image")
+    found = total = whole = 0
+    for image, truth in zip(images, objects):
+        detections = detect(image)
+        hits = sum(any(d.shape == o["shape"] and d.color == o["color"] and d.size == o["size"]
+                       and math.hypot(d.x - o["x"], d.y - o["y"]) <= max_offset * SIZES[o["size"]]
+                       for d in detections) for o in truth)
+        found, total = found + hits, total + len(truth)
+        whole += hits == len(truth) and len(detections) == len(truth)
+    return {"recall": found / max(total, 1), "found": found, "objects": total, "scene_recall": whole / len(images)}
+
+
 # ---------------------------------------------------------------------------- prompts and suites
 
 

@@ -19,18 +19,14 @@ Timesteps follow minidiff's convention: t = 0..T-1, so `alpha_bar[t]` is the pap
 """
 from __future__ import annotations
 
-import sys
 from types import ModuleType
 from typing import Callable
 
 import torch
 
+from minidiff.exercises import NotImplementedYet, command_line, report
 from minidiff.process import GaussianDiffusion, NoiseSchedule, cosine_betas, ddim_step, ddpm_step, linear_betas
 from minidiff.process.schedules import cosine_alpha_bar
-
-
-class NotImplementedYet(AssertionError):
-    """The learner's function still raises NotImplementedError."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -387,42 +383,8 @@ EXERCISES = tuple(CHECKS)
 def run_checks(module: ModuleType) -> int:
     """Check every exercise function found in `module`; print one line per exercise, a summary, then the
     details of each failure. Returns the number of exercises that failed."""
-    source = getattr(module, "__file__", None) or getattr(module, "__name__", "the module")
-    print(f"Chapter 1 exercises: checking {source}")
-    failures: list[tuple[str, str]] = []
-    for name, check in CHECKS.items():
-        fn = getattr(module, name, None)
-        if not callable(fn):
-            status = f"no function named {name!r}"
-            failures.append((name, ""))
-        else:
-            try:
-                check(fn)
-                status = ""
-            except NotImplementedYet:
-                status = "not implemented yet"
-                failures.append((name, ""))
-            except AssertionError as e:
-                message = str(e) or "failed"
-                status = message.splitlines()[0]
-                failures.append((name, message))
-        print(f"  {'FAIL' if status else 'PASS'}  {name}{': ' + status if status else ''}")
-    passed = len(CHECKS) - len(failures)
-    print(f"{passed} of {len(CHECKS)} exercises pass" + ("." if not failures else f", {len(failures)} fail."))
-    for name, message in failures:
-        if "\n" in message:
-            print(f"\n--- {name} ---\n{message}")
-    return len(failures)
+    return report(module, CHECKS, "Chapter 1 exercises")
 
 
 if __name__ == "__main__":
-    from minidiff.exercises import load_exercise_file
-
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m minidiff.exercises.ch01 path/to/exercises.py")
-    try:
-        submission = load_exercise_file(sys.argv[1])
-    except Exception as e:  # a missing file, or a submission that does not even import: every exercise fails
-        print(f"minidiff: error: cannot import {sys.argv[1]}: {type(e).__name__}: {e}", file=sys.stderr)
-        sys.exit(len(CHECKS))
-    sys.exit(run_checks(submission))
+    command_line("minidiff.exercises.ch01", CHECKS, "Chapter 1 exercises")

@@ -7,13 +7,22 @@ from __future__ import annotations
 
 import torch
 
+from minidiff.models.autoencoder import Autoencoder, AutoencoderConfig
+from minidiff.models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from minidiff.models.mlp import MLPConfig, MLPDenoiser
 from minidiff.models.unet import UNet, UNetConfig
 
 PRESETS = {
     "unet-toy": (UNet, UNetConfig.toy, None),
     "ddpm-cifar10": (UNet, UNetConfig.ddpm_cifar10, 35_746_307),
+    "unet-shapes-toy": (UNet, UNetConfig.shapes_toy, None),
+    "unet-latent-toy": (UNet, UNetConfig.latent_toy, None),
     "mlp-toy": (MLPDenoiser, MLPConfig.toy, None),
+    "vae-toy": (Autoencoder, AutoencoderConfig.toy, None),
+    "sd-vae": (Autoencoder, AutoencoderConfig.sd_vae, 83_653_863),
+    "sd3-vae": (Autoencoder, AutoencoderConfig.sd3_vae, 83_819_683),
+    "patchgan-toy": (PatchDiscriminator, DiscriminatorConfig.toy, None),
+    "patchgan-ldm": (PatchDiscriminator, DiscriminatorConfig.ldm, None),
 }
 
 
@@ -35,4 +44,4 @@ def count_parameters(name: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MLPConfig", "MLPDenoiser", "PRESETS", "UNet", "UNetConfig", "build_model", "count_parameters"]
+__all__ = ["Autoencoder", "AutoencoderConfig", "MLPConfig", "MLPDenoiser", "PRESETS", "UNet", "UNetConfig", "build_model", "count_parameters"]

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minidiff.blocks import Downsample, ResBlock, SpatialSelfAttention, TimestepEmbedding, Upsample
+from minidiff.blocks import Downsample, MidBlock, ResBlock, SpatialSelfAttention, TimestepEmbedding, Upsample
 
 
 @dataclass
@@ -69,6 +69,22 @@ class UNetConfig:
         return cls(**{**defaults, **overrides})
 
     @classmethod
+    def shapes_toy(cls, **overrides) -> "UNetConfig":
+        """RGB Shapes scenes at 32x32 in pixel space (Chapter 2's baseline for latent diffusion)."""
+        defaults = dict(in_channels=3, out_channels=3, sample_size=32, block_channels=(16, 32, 64),
+                        attention_levels=(2,), layers_per_block=1, norm_groups=8, dropout=0.0)
+        return cls(**{**defaults, **overrides})
+
+    @classmethod
+    def latent_toy(cls, **overrides) -> "UNetConfig":
+        """The 8x8x4 latents of the toy autoencoder (Shapes 32x32, f=4): latent diffusion on a laptop CPU.
+
+        Its training step costs about a quarter of the FLOPs of `shapes_toy`'s on the pixels (benchmarks/RESULTS.md)."""
+        defaults = dict(in_channels=4, out_channels=4, sample_size=8, block_channels=(32, 64),
+                        attention_levels=(1,), layers_per_block=2, norm_groups=8, dropout=0.0)
+        return cls(**{**defaults, **overrides})
+
+    @classmethod
     def ddpm_cifar10(cls, **overrides) -> "UNetConfig":
         """Ho et al.'s CIFAR-10 model: 35,746,307 parameters (diffusers' google/ddpm-cifar10-32 layout)."""
         defaults = dict(in_channels=3, out_channels=3, sample_size=32, block_channels=(128, 256, 256, 256),
@@ -89,20 +105,6 @@ class UNetLevel(nn.Module):
             SpatialSelfAttention(out_channels, c.attention_head_dim, c.norm_groups, c.norm_eps)
             for _ in in_channels) if attention else None
         self.resample = resample
-
-
-class MidBlock(nn.Module):
-    """The bottleneck: ResBlock, self-attention, ResBlock at the lowest resolution."""
-
-    def __init__(self, channels: int, temb_dim: int, config: UNetConfig):
-        super().__init__()
-        c = config
-        self.resnets = nn.ModuleList(
-            ResBlock(channels, channels, temb_dim, c.norm_groups, c.norm_eps, c.dropout) for _ in range(2))
-        self.attention = SpatialSelfAttention(channels, c.attention_head_dim, c.norm_groups, c.norm_eps)
-
-    def forward(self, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        return self.resnets[1](self.attention(self.resnets[0](h, temb)), temb)
 
 
 class UNet(nn.Module):
@@ -128,7 +130,7 @@ class UNet(nn.Module):
             self.down_blocks.append(level)
             skip_channels += [width] * c.layers_per_block + ([] if last else [width])
 
-        self.mid_block = MidBlock(ch[-1], temb_dim, c)
+        self.mid_block = MidBlock(ch[-1], temb_dim, c.norm_groups, c.norm_eps, c.dropout, c.attention_head_dim)
 
         # Up path: mirror image; each ResBlock eats the previous output concatenated with one skip tensor.
         self.up_blocks = nn.ModuleList()

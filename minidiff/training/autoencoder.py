@@ -1,0 +1,230 @@
+"""Training the autoencoder of latent diffusion: reconstruction, perceptual, KL and adversarial terms.
+
+Paper: Rombach et al. 2022 (arXiv:2112.10752), section 3.1 and appendix G, with the loss of VQGAN (Esser et al.
+2021, arXiv:2012.09841, eq. 4-7) and its code (`LPIPSWithDiscriminator`). Per image, with x_hat = D(z), z ~ q(z|x):
+
+    rec      = mean_pixels |x - x_hat|  (or squared)  +  perceptual_weight * d_perceptual(x, x_hat)
+    kl       = KL(q(z|x) || N(0, I)) / num_pixels                     (summed over the latent, see below)
+    g_loss   = -mean D(x_hat)                                          (the generator's adversarial term)
+    lambda   = disc_weight * ||grad_W rec|| / (||grad_W g_loss|| + 1e-4),   W = decoder.conv_out.weight  (eq. 7)
+    loss     = rec + kl_weight * kl + lambda * g_loss                  (g_loss from step disc_start on)
+    loss_D   = 1/2 [ mean ReLU(1 - D(x)) + mean ReLU(1 + D(x_hat)) ]   (hinge loss, the discriminator's)
+
+LDM sums the reconstruction over pixels and the KL over the latent and weights the KL by 1e-6; minidiff averages
+the reconstruction over pixels, so it divides the KL by the pixel count: the balance is the same and kl_weight
+keeps LDM's meaning. LDM also learns a scalar log-variance that rescales `rec` (NLL = rec / e^s + s); with Adam
+that only changes the step size, and minidiff leaves it out. The adaptive lambda keeps the adversarial gradient
+at the decoder's last layer a fixed fraction of the reconstruction gradient, whatever their scales.
+
+The loop is the one of minidiff.training.loop (batches and noise seeded by step, so --resume is exact; AdamW
+with warmup and cosine decay; EMA; atomic checkpoints), with a second optimizer for the discriminator.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from minidiff.models.autoencoder import Autoencoder
+from minidiff.models.discriminator import PatchDiscriminator
+from minidiff.training.checkpoint import (CHECKPOINT, load_checkpoint, load_optimizer_tensors, optimizer_tensors,
+                                          prefixed, save_checkpoint, unprefixed)
+from minidiff.training.loop import (TrainConfig, TrainingError, _step_seed, ema_decay_at, learning_rate,
+                                    resolve_device, update_ema)
+
+PIXEL_LOSSES = ("l1", "l2")
+ADAPTIVE_WEIGHT_MAX = 1e4
+
+
+@dataclass
+class AutoencoderLossConfig:
+    pixel_loss: str = "l1"            # 'l1' (LDM) or 'l2'
+    perceptual_weight: float = 1.0    # weight of the perceptual distance (0: off)
+    kl_weight: float = 1e-6           # LDM's kl-f8 value
+    disc_weight: float = 0.5          # scales the adaptive weight of the adversarial term (0: no discriminator)
+    disc_start: int = 50001           # step at which the discriminator starts (LDM: 50001)
+    disc_lr: float = 0.0              # the discriminator's learning rate (0: the generator's lr)
+
+
+def pixel_loss(x: torch.Tensor, x_hat: torch.Tensor, kind: str = "l1") -> torch.Tensor:
+    """Mean over pixels and batch of |x - x_hat| or (x - x_hat)^2."""
+    if kind not in PIXEL_LOSSES:
+        raise ValueError(f"unknown pixel_loss {kind!r}; choose one of {', '.join(PIXEL_LOSSES)}")
+    diff = x - x_hat
+    return diff.abs().mean() if kind == "l1" else diff.pow(2).mean()
+
+
+def hinge_discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """1/2 [mean ReLU(1 - D(x)) + mean ReLU(1 + D(x_hat))]: zero once real patches score >= 1 and fakes <= -1."""
+    return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
+
+
+def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
+                    disc_weight: float = 0.5) -> torch.Tensor:
+    """VQGAN eq. 7: disc_weight * ||grad rec|| / (||grad g_loss|| + 1e-4) at the decoder's last layer, detached."""
+    rec_grad, = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)
+    g_grad, = torch.autograd.grad(g_loss, last_layer, retain_graph=True)
+    weight = rec_grad.norm() / (g_grad.norm() + 1e-4)
+    return disc_weight * weight.clamp(0.0, ADAPTIVE_WEIGHT_MAX).detach()
+
+
+def psnr(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB of images in [-1, 1] (peak-to-peak 2): (B,) one value per image."""
+    mse = (x - x_hat.clamp(-1, 1)).pow(2).mean(dim=(1, 2, 3))
+    return 10 * torch.log10(4.0 / mse.clamp_min(1e-12))
+
+
+def autoencoder_loss(model: Autoencoder, x: torch.Tensor, loss: AutoencoderLossConfig,
+                     perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+                     discriminator: PatchDiscriminator | None, generator: torch.Generator,
+                     use_gan: bool) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The generator's total loss, the reconstructions (for the discriminator) and the terms to log."""
+    x_hat, posterior = model(x, sample_posterior=True, generator=generator)   # (B, C, H, W)
+    rec = pixel_loss(x, x_hat, loss.pixel_loss)
+    terms = {"pixel": rec.item()}
+    if perceptual is not None and loss.perceptual_weight > 0:
+        p = perceptual(x_hat, x).mean()
+        rec = rec + loss.perceptual_weight * p
+        terms["perceptual"] = p.item()
+    kl = posterior.kl().mean() / x[0].numel()
+    total = rec + loss.kl_weight * kl
+    terms["kl"] = kl.item()
+    if use_gan:
+        g_loss = -discriminator(x_hat).mean()
+        weight = adaptive_weight(rec, g_loss, model.decoder.conv_out.weight, loss.disc_weight)
+        total = total + weight * g_loss
+        terms.update(g_loss=g_loss.item(), adaptive_weight=weight.item())
+    return total, x_hat, terms
+
+
+def train_autoencoder(model: Autoencoder, data: torch.Tensor, loss: AutoencoderLossConfig, config: TrainConfig,
+                      run_dir: str | Path, run_config: dict, resume: bool = False,
+                      perceptual: torch.nn.Module | None = None, discriminator: PatchDiscriminator | None = None,
+                      on_sample: Callable[[torch.nn.Module, int], None] | None = None, progress: bool = True):
+    """Train `model` on images `data` (N, C, H, W) in [-1, 1]; checkpoints and logs go to run_dir.
+
+    perceptual: a frozen network with a `distance(x, y) -> (B,)`-style call, i.e. perceptual(x_hat, x) -> (B,);
+    stored in the checkpoint so the run is self-contained. discriminator: trained from loss.disc_start on, if
+    loss.disc_weight > 0. Returns (model, ema_model, logs) where logs are this call's logged dicts.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    model = model.to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    betas = (0.5, 0.9)                                   # LDM/VQGAN's Adam betas for both players
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=betas, weight_decay=config.weight_decay)
+    gan = discriminator is not None and loss.disc_weight > 0
+    if gan:
+        discriminator = discriminator.to(device)
+        d_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=loss.disc_lr or config.lr, betas=betas)
+    if perceptual is not None:
+        perceptual = perceptual.to(device).eval().requires_grad_(False)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and config.bf16)
+
+    start, log_path = 0, run_dir / "log.jsonl"
+    if resume:
+        tensors, meta = load_checkpoint(run_dir / CHECKPOINT)
+        model.load_state_dict(unprefixed(tensors, "model"))
+        ema.load_state_dict(unprefixed(tensors, "ema"))
+        load_optimizer_tensors(optimizer, unprefixed(tensors, "optimizer"))
+        if gan:
+            discriminator.load_state_dict(unprefixed(tensors, "discriminator"))
+            load_optimizer_tensors(d_optimizer, unprefixed(tensors, "d_optimizer"))
+        start = meta["step"]
+        if log_path.exists():
+            lines = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] < start]
+            log_path.write_text("".join(ln + "\n" for ln in lines))
+    elif log_path.exists():
+        log_path.unlink()
+
+    def checkpoint(step: int) -> None:
+        tensors = {**prefixed(model.state_dict(), "model"), **prefixed(ema.state_dict(), "ema"),
+                   **prefixed(optimizer_tensors(optimizer), "optimizer")}
+        if gan:
+            tensors.update(**prefixed(discriminator.state_dict(), "discriminator"),
+                           **prefixed(optimizer_tensors(d_optimizer), "d_optimizer"))
+        if perceptual is not None:
+            tensors.update(prefixed(perceptual.state_dict(), "perceptual"))
+        save_checkpoint(run_dir / CHECKPOINT, tensors, {"step": step, "config": run_config})
+
+    from minidiff.models.perceptual import perceptual_distance
+    distance = (lambda a, b: perceptual_distance(perceptual, a, b)) if perceptual is not None else None
+    data = data.to(device)
+    logs, last_saved = [], start
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, unit="step", disable=not progress,
+               desc="train autoencoder", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    model.train()
+    with open(log_path, "a") as log:
+        for step in bar:
+            generator = torch.Generator().manual_seed(_step_seed(config.seed, step))
+            index = torch.randint(0, data.shape[0], (config.batch_size,), generator=generator)
+            x = data[index.to(device)]                                      # (B, C, H, W)
+            lr = learning_rate(config, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            use_gan = gan and step >= loss.disc_start
+
+            # 1. the autoencoder (the "generator")
+            if gan:
+                discriminator.eval().requires_grad_(False)
+            with autocast:
+                total, x_hat, terms = autoencoder_loss(model, x, loss, distance, discriminator, generator, use_gan)
+            if not torch.isfinite(total):
+                raise TrainingError(f"loss became {total.item()} at step {step}; the last good checkpoint "
+                                    f"(step {last_saved}) is kept in {run_dir}; lower the learning rate "
+                                    f"(lr={config.lr / 4:g}) and continue with --resume")
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            update_ema(ema, model, ema_decay_at(config, step))
+
+            # 2. the discriminator, on the same real images and the reconstructions (no gradient to the autoencoder)
+            if use_gan:
+                discriminator.train().requires_grad_(True)
+                for group in d_optimizer.param_groups:
+                    group["lr"] = (loss.disc_lr or config.lr) * lr / config.lr
+                with autocast:
+                    d_loss = hinge_discriminator_loss(discriminator(x), discriminator(x_hat.detach()))
+                d_optimizer.zero_grad(set_to_none=True)
+                d_loss.backward()
+                d_optimizer.step()
+                terms["d_loss"] = d_loss.item()
+
+            terms = {"step": step, "loss": total.item(), **terms}
+            logs.append(terms)
+            if step % config.log_every == 0:
+                log.write(json.dumps({**terms, "lr": lr, "time_s": round(time.perf_counter() - t0, 3)}) + "\n")
+                log.flush()
+                bar.set_postfix(pixel=f"{terms['pixel']:.4f}")
+            done = step + 1
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                checkpoint(done)
+                last_saved = done
+            if on_sample is not None and config.sample_every and done % config.sample_every == 0:
+                ema.eval()
+                on_sample(ema, done)
+    model.eval()
+    ema.eval()
+    return model, ema, logs
+
+
+def train_perceptual_net(images: torch.Tensor, labels: torch.Tensor, epochs: int = 3, batch_size: int = 64,
+                         lr: float = 3e-3, seed: int = 0):
+    """Fit minidiff.models.perceptual.PerceptualNet to multi-label attributes (B, num_labels) of the images."""
+    from minidiff.eval.digits import fit_classifier
+    from minidiff.models.perceptual import PerceptualConfig, PerceptualNet
+
+    config = PerceptualConfig(in_channels=images.shape[1], num_labels=labels.shape[1])
+    return fit_classifier(lambda: PerceptualNet(config), images, labels, F.binary_cross_entropy_with_logits,
+                          epochs, batch_size, lr, seed)
