@@ -14,10 +14,13 @@ and measures:
   the features of the Shapes attribute classifier, next to the real-vs-real baseline (minidiff.eval.shapes_fd).
 
 Training compute is steps x FLOPs per step; the latent run's is reported without and with the autoencoder's
-training (which is paid once and reused by every latent model).
+training (which is paid once and reused by every latent model). Wall time per step is measured apart, with
+--step-timing: one training step of each U-Net, alternating pixel and latent in one process (A B, B A, ...),
+so that both see the same machine load (the training runs' own wall times depend on what else ran).
 
     python benchmarks/bench_latent.py --out /tmp/bench-latent --json results.jsonl
     python benchmarks/bench_latent.py --out /tmp/bench-latent --only latent latent.steps=1500   # one run, overridden
+    python benchmarks/bench_latent.py --step-timing --repeats 30                                # seconds per step
 
 The bars (issue: Chapter 2): PSNR >= 30 dB and >= 0.98 of objects recognised; latent diffusion reaches the
 Frechet distance of pixel diffusion with at most a third of its training compute.
@@ -54,16 +57,65 @@ def training_step_flops(model, sections, batch_size: int) -> int:
     return counter.get_total_flops()
 
 
-def autoencoder_step_flops(model, sections, batch_size: int) -> int:
-    """FLOPs of one autoencoder training step (reconstruction and KL only: the perceptual and adversarial
-    networks add their own share, reported by the run's wall time)."""
-    x = torch.randn(batch_size, model.config.in_channels, model.config.sample_size, model.config.sample_size)
-    model.train()
+def autoencoder_step_flops(sections, use_gan: bool) -> int:
+    """FLOPs of one training step of the autoencoder as the recipe trains it: the loss (reconstruction, perceptual
+    distance, KL, and with use_gan the adversarial term and its adaptive weight), its backward, and the
+    discriminator's hinge step. Counted on freshly built networks of the run's configs (FLOPs do not depend on
+    the weights)."""
+    import dataclasses
+
+    from minidiff.models import Autoencoder
+    from minidiff.models.discriminator import PatchDiscriminator
+    from minidiff.models.perceptual import PerceptualConfig, PerceptualNet, perceptual_distance
+    from minidiff.training.autoencoder import autoencoder_loss, hinge_discriminator_loss
+
+    config, loss, train = sections["model"], sections["loss"], sections["train"]
+    model = Autoencoder(config)
+    net = PerceptualNet(PerceptualConfig(in_channels=config.in_channels)).requires_grad_(False)
+    discriminator = PatchDiscriminator(dataclasses.replace(sections["discriminator"], in_channels=config.in_channels))
+    x = torch.randn(train.batch_size, config.in_channels, config.sample_size, config.sample_size)
+    distance = (lambda a, b: perceptual_distance(net, a, b)) if loss.perceptual_weight > 0 else None
     with FlopCounterMode(display=False) as counter:
-        x_hat, posterior = model(x)
-        ((x - x_hat).abs().mean() + 1e-6 * posterior.kl().mean()).backward()
-    model.eval()
+        total, x_hat, _ = autoencoder_loss(model, x, loss, distance, discriminator, torch.Generator().manual_seed(0),
+                                           use_gan)
+        total.backward()
+        if use_gan:
+            hinge_discriminator_loss(discriminator(x), discriminator(x_hat.detach())).backward()
     return counter.get_total_flops()
+
+
+def interleaved_step_times(repeats: int, batch_size: int = 32) -> dict:
+    """Median seconds of one training step (loss, backward, AdamW step) of the pixel and the latent U-Net."""
+    import statistics
+
+    from minidiff.models import UNet, UNetConfig
+    from minidiff.process import GaussianDiffusion, NoiseSchedule
+
+    diffusion = GaussianDiffusion(NoiseSchedule.make("cosine"))
+    steps = {}
+    for name, config in [("pixel", UNetConfig.shapes_toy()), ("latent", UNetConfig.latent_toy())]:
+        torch.manual_seed(0)
+        model = UNet(config)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        x0 = torch.randn(batch_size, config.in_channels, config.sample_size, config.sample_size)
+
+        def step(model=model, optimizer=optimizer, x0=x0):
+            loss = diffusion.loss(model, x0, torch.Generator().manual_seed(0))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        steps[name] = step
+    times = {name: [] for name in steps}
+    for name in steps:                                   # warm-up
+        steps[name]()
+    for i in range(repeats):
+        for name in (["pixel", "latent"] if i % 2 == 0 else ["latent", "pixel"]):
+            t0 = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - t0)
+    pixel, latent = statistics.median(times["pixel"]), statistics.median(times["latent"])
+    return {"benchmark": "chapter2-step-timing", "batch_size": batch_size, "repeats": repeats,
+            "pixel_s_per_step": pixel, "latent_s_per_step": latent, "latent_over_pixel": latent / pixel}
 
 
 def main() -> None:
@@ -74,10 +126,19 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=1000, help="generated images per Frechet distance")
     parser.add_argument("--reuse", action="store_true", help="measure the runs already in --out")
     parser.add_argument("--json", help="append results to this JSON-lines file")
+    parser.add_argument("--step-timing", action="store_true", help="only time one training step of each U-Net")
+    parser.add_argument("--repeats", type=int, default=30, help="timed steps of each U-Net with --step-timing")
     args = parser.parse_args()
     out = Path(args.out)
     common = {"threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
               "cores": os.cpu_count(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
+    if args.step_timing:
+        row = {**interleaved_step_times(args.repeats), **common}
+        print(json.dumps(row), flush=True)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        return
 
     for name in args.only:
         run_dir = out / name
@@ -97,7 +158,10 @@ def main() -> None:
                "train_wall_s": None if train_s is None else round(train_s, 1)}
         if name == "vae":
             metrics = run_evaluation(run_dir, n=500)
-            row.update(metrics, gflops_per_step=round(autoencoder_step_flops(model, sections, train.batch_size) / 1e9, 2))
+            before, after = autoencoder_step_flops(sections, False), autoencoder_step_flops(sections, True)
+            gan_steps = max(0, train.steps - sections["loss"].disc_start) if sections["loss"].disc_weight > 0 else 0
+            row.update(metrics, gflops_per_step=round(before / 1e9, 2), gflops_per_step_with_gan=round(after / 1e9, 2),
+                       train_pflops=round((before * (train.steps - gan_steps) + after * gan_steps) / 1e15, 4))
         else:
             t0 = time.perf_counter()
             samples = sample_from_run(model, sections, args.n, seed=0)

@@ -122,7 +122,7 @@ RECIPES = {
         description="the KL autoencoder of latent diffusion on Shapes 32x32 (f=4, 4 latent channels)",
         kind="autoencoder", preset="vae-toy", presets=("vae-toy", "sd-vae", "sd3-vae"), data=DataConfig("shapes"),
         loss=AutoencoderLossConfig(pixel_loss="l1", perceptual_weight=1.0, kl_weight=1e-6, disc_weight=0.5,
-                                   disc_start=1500),
+                                   disc_start=1200),
         discriminator=DiscriminatorConfig.toy(),
         train=TrainConfig(steps=2000, batch_size=32, lr=2e-3, warmup_steps=100, sample_every=500,
                           checkpoint_every=500),
@@ -133,7 +133,7 @@ RECIPES = {
         name="ldm-shapes",
         description="latent diffusion on Shapes 32x32: the U-Net on the 8x8x4 latents of a vae-shapes run",
         kind="latent-diffusion", preset="unet-latent-toy", presets=("unet-latent-toy",), data=DataConfig("shapes"),
-        diffusion=DiffusionConfig(schedule="cosine", prediction="eps"),
+        diffusion=DiffusionConfig(schedule="scaled_linear", prediction="eps"),
         train=TrainConfig(steps=3000, batch_size=32, lr=2e-3, warmup_steps=100, sample_every=1000),
         sample=SampleConfig(sampler="ddim", sample_steps=50, clip_x0=False),
         latent=LatentConfig(),
@@ -260,13 +260,13 @@ def save_samples(samples: torch.Tensor, path: Path, is_2d: bool, title: str | No
         save_grid(samples, path)
 
 
-def test_images(sections: dict, n: int) -> tuple[torch.Tensor, list[list[dict]]]:
-    """Held-out Shapes scenes at the run's size: (images (n, 3, S, S) in [-1, 1], each scene's objects)."""
+def heldout_scenes(n: int, size: int = 32) -> tuple[torch.Tensor, list[list[dict]]]:
+    """Held-out Shapes scenes (test split 0..n-1): (images (n, 3, size, size) in [-1, 1], each scene's objects)."""
     from minidiff.data.images import to_model_range
     from minidiff.data.shapes_dataset import make_example
     import numpy as np
 
-    rows = [make_example("test", i, sections["model"].sample_size) for i in range(n)]
+    rows = [make_example("test", i, size) for i in range(n)]
     pixels = torch.from_numpy(np.stack([r["image"] for r in rows])).permute(0, 3, 1, 2).float() / 255
     return to_model_range(pixels), [r["objects"] for r in rows]
 
@@ -277,7 +277,7 @@ def reconstruction_metrics(autoencoder: Autoencoder, sections: dict, n: int) -> 
     from minidiff.eval.shapeseval import object_recall
     from minidiff.training.autoencoder import psnr
 
-    images, objects = test_images(sections, n)
+    images, objects = heldout_scenes(n, sections["model"].sample_size)
     recon = torch.cat([autoencoder(images[i:i + 100], sample_posterior=False)[0].clamp(-1, 1)
                        for i in range(0, n, 100)])
     values = psnr(images, recon)
@@ -383,7 +383,7 @@ def _train_autoencoder_run(sections: dict, run_config: dict, out: Path, resume: 
         perceptual = _perceptual_net(sections, out, resume)
     discriminator = PatchDiscriminator(dataclasses.replace(sections["discriminator"],
                                                            in_channels=sections["model"].in_channels))
-    show, _ = test_images(sections, 8)
+    show, _ = heldout_scenes(8, sections["model"].sample_size)
 
     def on_sample(ema, step):
         save_reconstructions(ema, show, out / "samples" / f"step_{step:06d}.png")
@@ -441,6 +441,10 @@ def attach_autoencoder(run_config: dict, out: Path, progress: bool) -> dict:
     if vae_config.get("recipe") != "vae-shapes":
         raise ValueError(f"{vae_dir} is a {vae_config.get('recipe')!r} run, not an autoencoder; "
                          f"pass latent.autoencoder_run=FOLDER of a `minidiff train vae-shapes` run")
+    if meta["step"] < vae_config["train"]["steps"]:
+        raise ValueError(f"the autoencoder run {vae_dir} stopped at step {meta['step']} of "
+                         f"{vae_config['train']['steps']} and has no fitted latent scale yet; finish it with "
+                         f"`minidiff train vae-shapes --out {vae_dir} --resume`")
     autoencoder = from_dict(AutoencoderConfig, vae_config["model"])
     if latent["scaling_factor"] is not None:
         autoencoder = dataclasses.replace(autoencoder, scaling_factor=latent["scaling_factor"])

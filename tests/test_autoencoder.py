@@ -85,7 +85,7 @@ def test_latent_scaling_brings_latents_to_unit_variance_and_round_trips():
 
 def test_bad_inputs_are_clear_errors():
     model = Autoencoder(AutoencoderConfig(**TINY))
-    with pytest.raises(ValueError, match="not divisible by the autoencoder's factor f=2"):
+    with pytest.raises(ValueError, match="not divisible by 2: the autoencoder halves the resolution 1 times"):
         model.encode(torch.randn(1, 3, 15, 16))
     with pytest.raises(ValueError, match=r"expected images of shape \(B, 3, H, W\)"):
         model.encode(torch.randn(1, 1, 16, 16))

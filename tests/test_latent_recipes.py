@@ -109,3 +109,15 @@ def test_pixel_shapes_recipe_trains(tmp_path):
 def test_bad_autoencoder_configs_are_clear_errors(overrides, message):
     with pytest.raises(ValueError, match=message):
         make_run_config("vae-shapes", overrides=overrides)
+
+
+def test_latent_run_refuses_an_unfinished_autoencoder_run(tmp_path, vae_run):
+    import shutil
+    from minidiff.training.checkpoint import save_checkpoint
+    unfinished = tmp_path / "vae"
+    shutil.copytree(vae_run, unfinished)
+    tensors, meta = load_checkpoint(unfinished / "checkpoint.safetensors")
+    save_checkpoint(unfinished / "checkpoint.safetensors", tensors, {**meta, "step": 3})
+    with pytest.raises(ValueError, match="stopped at step 3 of 6 .* --resume"):
+        run_training("ldm-shapes", tmp_path / "ldm", overrides=TINY_LATENT + [f"autoencoder_run={unfinished}"],
+                     progress=False, evaluate_after=False)

@@ -179,3 +179,13 @@ def test_matches_diffusers(name, diffusers_name):
     # by at most 4e-7 (linear) and 1.4e-5 (cosine, whose alpha_bar falls to 2e-9) relative.
     rtol = 1e-6 if name == "linear" else 2e-5
     torch.testing.assert_close(ours.alpha_bar, theirs.alphas_cumprod, rtol=rtol, atol=0)
+
+
+def test_scaled_linear_schedule_matches_stable_diffusion():
+    """Fact sheet A, section 10 (diffusers' scaled_linear, 0.00085 -> 0.012): alpha_bar at t = 0, 499, 999."""
+    ours = NoiseSchedule.make("scaled_linear")
+    assert ours.alpha_bar[0].item() == pytest.approx(0.99915, rel=1e-6)
+    assert ours.alpha_bar[499].item() == pytest.approx(0.277669, rel=1e-5)
+    assert ours.alpha_bar[999].item() == pytest.approx(4.660095e-03, rel=1e-5)
+    theirs = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    assert torch.allclose(ours.alpha_bar.double(), theirs.alphas_cumprod.double(), rtol=1e-5)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minidiff.blocks import Downsample, MidBlock, ResBlock, Upsample
+from minidiff.blocks import Downsample, MidBlock, ResBlock, Upsample, check_images
 
 LOGVAR_RANGE = (-30.0, 20.0)   # the posterior's log-variance is clamped to this range, as in LDM and diffusers
 
@@ -184,14 +184,7 @@ class Autoencoder(nn.Module):
                                 if c.use_post_quant_conv else None)
 
     def check_input(self, x: torch.Tensor) -> None:
-        c, f = self.config, self.config.factor
-        if x.ndim != 4 or x.shape[1] != c.in_channels:
-            raise ValueError(f"expected images of shape (B, {c.in_channels}, H, W), got {tuple(x.shape)}; "
-                             f"this autoencoder was configured with in_channels={c.in_channels}")
-        H, W = x.shape[-2:]
-        if H % f or W % f:
-            raise ValueError(f"image size {H}x{W} is not divisible by the autoencoder's factor f={f}; "
-                             f"crop or resize to a multiple of {f}")
+        check_images(x, self.config.in_channels, len(self.config.block_channels) - 1, "autoencoder")
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         self.check_input(x)

@@ -11,7 +11,7 @@ downloaded here, so minidiff trains its own feature network on the data the auto
 CNN that learns to say which shapes and colors a Shapes scene holds. Its features must encode outlines, corners
 and hues, which is what the perceptual term should protect. There are no human judgements to fit, so w_l = 1
 (LPIPS's "baseline" variant). Chapter 2 measures what this term changes; with the `lpips` package installed
-a learner can pass its network instead (any callable (x, y) -> (B,) distance).
+a learner can pass its module to train_autoencoder instead (any callable (x_hat, x) -> (B,) distance).
 """
 from __future__ import annotations
 

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minidiff.blocks import Downsample, MidBlock, ResBlock, SpatialSelfAttention, TimestepEmbedding, Upsample
+from minidiff.blocks import (Downsample, MidBlock, ResBlock, SpatialSelfAttention, TimestepEmbedding, Upsample,
+                             check_images)
 
 
 @dataclass
@@ -154,14 +155,7 @@ class UNet(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a clear ValueError for inputs the network cannot take."""
-        c, f = self.config, self.downsampling_factor
-        if x.ndim != 4 or x.shape[1] != c.in_channels:
-            raise ValueError(f"expected images of shape (B, {c.in_channels}, H, W), got {tuple(x.shape)}; "
-                             f"this model was configured with in_channels={c.in_channels}")
-        H, W = x.shape[-2:]
-        if H % f or W % f:
-            raise ValueError(f"image size {H}x{W} is not divisible by {f}: the U-Net halves the resolution "
-                             f"{len(c.block_channels) - 1} times; use a size that is a multiple of {f}")
+        check_images(x, self.config.in_channels, len(self.config.block_channels) - 1, "U-Net")
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | int | float) -> torch.Tensor:
         self.check_input(x)

@@ -2,7 +2,7 @@
 a network is any callable (x_t, t) -> prediction."""
 from minidiff.process.ddpm import PREDICTIONS, GaussianDiffusion
 from minidiff.process.samplers import SAMPLERS, VARIANCES, ddim_step, ddpm_step, sample, timesteps
-from minidiff.process.schedules import SCHEDULES, NoiseSchedule, cosine_betas, linear_betas
+from minidiff.process.schedules import SCHEDULES, NoiseSchedule, cosine_betas, linear_betas, scaled_linear_betas
 
 __all__ = ["GaussianDiffusion", "NoiseSchedule", "PREDICTIONS", "SAMPLERS", "SCHEDULES", "VARIANCES",
-           "cosine_betas", "ddim_step", "ddpm_step", "linear_betas", "sample", "timesteps"]
+           "cosine_betas", "ddim_step", "ddpm_step", "linear_betas", "sample", "scaled_linear_betas", "timesteps"]

@@ -1,7 +1,8 @@
 """Noise schedules: how much noise the forward process adds at each of T steps.
 
 Papers: Ho et al. 2020, DDPM (arXiv:2006.11239), section 4 (linear schedule);
-Nichol & Dhariwal 2021, Improved DDPM (arXiv:2102.09672), eq. 17 (cosine schedule).
+Nichol & Dhariwal 2021, Improved DDPM (arXiv:2102.09672), eq. 17 (cosine schedule);
+Rombach et al. 2022, latent diffusion (arXiv:2112.10752), whose code and Stable Diffusion use "scaled linear".
 
 | code            | paper            | meaning                                              |
 |-----------------|------------------|------------------------------------------------------|
@@ -20,12 +21,21 @@ from dataclasses import dataclass
 
 import torch
 
-SCHEDULES = ("linear", "cosine")
+SCHEDULES = ("linear", "cosine", "scaled_linear")
 
 
 def linear_betas(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
     """DDPM's schedule: beta_t rises linearly from 1e-4 to 0.02 over T = 1000 steps."""
     return torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+
+
+def scaled_linear_betas(num_steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
+    """Latent diffusion's and Stable Diffusion's schedule: sqrt(beta_t) rises linearly, from 0.00085 to 0.012.
+
+    It ends at alpha_bar_{T-1} = 0.00466 rather than the cosine schedule's 2.4e-9: the last step keeps a trace of
+    signal, and x0 = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar) divides by 0.068, not by 5e-5, so an
+    unclipped prediction (latents have no [-1, 1] range to clip to) stays finite."""
+    return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, num_steps, dtype=torch.float64) ** 2
 
 
 def cosine_alpha_bar(u: torch.Tensor, s: float = 0.008) -> torch.Tensor:
@@ -71,9 +81,11 @@ class NoiseSchedule:
 
     @classmethod
     def make(cls, name: str = "linear", num_steps: int = 1000) -> "NoiseSchedule":
-        """Build a schedule by name: 'linear' (DDPM) or 'cosine' (Improved DDPM)."""
+        """Build a schedule by name: 'linear' (DDPM), 'cosine' (Improved DDPM) or 'scaled_linear' (LDM, SD)."""
         if name == "linear":
             return cls(linear_betas(num_steps))
+        if name == "scaled_linear":
+            return cls(scaled_linear_betas(num_steps))
         if name == "cosine":
             return cls(cosine_betas(num_steps))
         raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")

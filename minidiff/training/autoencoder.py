@@ -12,8 +12,9 @@ Paper: Rombach et al. 2022 (arXiv:2112.10752), section 3.1 and appendix G, with 
 
 LDM sums the reconstruction over pixels and the KL over the latent and weights the KL by 1e-6; minidiff averages
 the reconstruction over pixels, so it divides the KL by the pixel count: the balance is the same and kl_weight
-keeps LDM's meaning. LDM also learns a scalar log-variance that rescales `rec` (NLL = rec / e^s + s); with Adam
-that only changes the step size, and minidiff leaves it out. The adaptive lambda keeps the adversarial gradient
+keeps LDM's meaning. LDM also learns a scalar log-variance s that rescales the reconstruction (NLL = rec / e^s + s),
+which shifts its balance against the KL and adversarial terms as training goes; minidiff leaves it out, so its
+loss is the plain weighted sum above. The adaptive lambda keeps the adversarial gradient
 at the decoder's last layer a fixed fraction of the reconstruction gradient, whatever their scales.
 
 The loop is the one of minidiff.training.loop (batches and noise seeded by step, so --resume is exact; AdamW
@@ -22,7 +23,6 @@ with warmup and cosine decay; EMA; atomic checkpoints), with a second optimizer 
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +36,8 @@ from minidiff.models.autoencoder import Autoencoder
 from minidiff.models.discriminator import PatchDiscriminator
 from minidiff.training.checkpoint import (CHECKPOINT, load_checkpoint, load_optimizer_tensors, optimizer_tensors,
                                           prefixed, save_checkpoint, unprefixed)
-from minidiff.training.loop import (TrainConfig, TrainingError, _step_seed, ema_decay_at, learning_rate,
-                                    resolve_device, update_ema)
+from minidiff.training.loop import (TrainConfig, TrainingError, _step_seed, ema_decay_at, end_step, learning_rate,
+                                    prepare_log, resolve_device, update_ema)
 
 PIXEL_LOSSES = ("l1", "l2")
 ADAPTIVE_WEIGHT_MAX = 1e4
@@ -110,8 +110,9 @@ def train_autoencoder(model: Autoencoder, data: torch.Tensor, loss: AutoencoderL
                       on_sample: Callable[[torch.nn.Module, int], None] | None = None, progress: bool = True):
     """Train `model` on images `data` (N, C, H, W) in [-1, 1]; checkpoints and logs go to run_dir.
 
-    perceptual: a frozen network with a `distance(x, y) -> (B,)`-style call, i.e. perceptual(x_hat, x) -> (B,);
-    stored in the checkpoint so the run is self-contained. discriminator: trained from loss.disc_start on, if
+    perceptual: minidiff's PerceptualNet (anything with a `features` method: its LPIPS-style distance is used and
+    its weights are stored in the checkpoint), or any callable distance(x_hat, x) -> (B,), e.g. the `lpips`
+    package's LPIPS module where it is installed (not stored: pass it again on resume). discriminator: trained from loss.disc_start on, if
     loss.disc_weight > 0. Returns (model, ema_model, logs) where logs are this call's logged dicts.
     """
     run_dir = Path(run_dir)
@@ -125,7 +126,8 @@ def train_autoencoder(model: Autoencoder, data: torch.Tensor, loss: AutoencoderL
     if gan:
         discriminator = discriminator.to(device)
         d_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=loss.disc_lr or config.lr, betas=betas)
-    if perceptual is not None:
+    network = perceptual if hasattr(perceptual, "features") else None     # minidiff's own: stored, used via features
+    if isinstance(perceptual, torch.nn.Module):
         perceptual = perceptual.to(device).eval().requires_grad_(False)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and config.bf16)
 
@@ -139,11 +141,7 @@ def train_autoencoder(model: Autoencoder, data: torch.Tensor, loss: AutoencoderL
             discriminator.load_state_dict(unprefixed(tensors, "discriminator"))
             load_optimizer_tensors(d_optimizer, unprefixed(tensors, "d_optimizer"))
         start = meta["step"]
-        if log_path.exists():
-            lines = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] < start]
-            log_path.write_text("".join(ln + "\n" for ln in lines))
-    elif log_path.exists():
-        log_path.unlink()
+    prepare_log(log_path, start if resume else None)
 
     def checkpoint(step: int) -> None:
         tensors = {**prefixed(model.state_dict(), "model"), **prefixed(ema.state_dict(), "ema"),
@@ -151,12 +149,12 @@ def train_autoencoder(model: Autoencoder, data: torch.Tensor, loss: AutoencoderL
         if gan:
             tensors.update(**prefixed(discriminator.state_dict(), "discriminator"),
                            **prefixed(optimizer_tensors(d_optimizer), "d_optimizer"))
-        if perceptual is not None:
-            tensors.update(prefixed(perceptual.state_dict(), "perceptual"))
+        if network is not None:
+            tensors.update(prefixed(network.state_dict(), "perceptual"))
         save_checkpoint(run_dir / CHECKPOINT, tensors, {"step": step, "config": run_config})
 
     from minidiff.models.perceptual import perceptual_distance
-    distance = (lambda a, b: perceptual_distance(perceptual, a, b)) if perceptual is not None else None
+    distance = (lambda a, b: perceptual_distance(network, a, b)) if network is not None else perceptual
     data = data.to(device)
     logs, last_saved = [], start
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, unit="step", disable=not progress,
@@ -201,19 +199,10 @@ def train_autoencoder(model: Autoencoder, data: torch.Tensor, loss: AutoencoderL
                 d_optimizer.step()
                 terms["d_loss"] = d_loss.item()
 
-            terms = {"step": step, "loss": total.item(), **terms}
-            logs.append(terms)
-            if step % config.log_every == 0:
-                log.write(json.dumps({**terms, "lr": lr, "time_s": round(time.perf_counter() - t0, 3)}) + "\n")
-                log.flush()
-                bar.set_postfix(pixel=f"{terms['pixel']:.4f}")
-            done = step + 1
-            if done % config.checkpoint_every == 0 or done == config.steps:
-                checkpoint(done)
-                last_saved = done
-            if on_sample is not None and config.sample_every and done % config.sample_every == 0:
-                ema.eval()
-                on_sample(ema, done)
+            terms = {"loss": total.item(), **terms}
+            logs.append({"step": step, **terms})
+            if end_step(step, terms, config, log, bar, t0, checkpoint, on_sample, ema):
+                last_saved = step + 1
     model.eval()
     ema.eval()
     return model, ema, logs

@@ -83,6 +83,34 @@ def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % (2**63)
 
 
+def prepare_log(log_path: Path, resume_step: int | None) -> None:
+    """A fresh log, or on resume the log without the lines written after the checkpoint (they will be recomputed)."""
+    if resume_step is not None and log_path.exists():
+        lines = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] < resume_step]
+        log_path.write_text("".join(ln + "\n" for ln in lines))
+    elif resume_step is None and log_path.exists():
+        log_path.unlink()
+
+
+def end_step(step: int, record: dict, config: TrainConfig, log, bar, t0: float, checkpoint: Callable[[int], None],
+             on_sample: Callable | None, ema: torch.nn.Module) -> bool:
+    """The bookkeeping that closes every step: a log line every log_every steps, a checkpoint every
+    checkpoint_every steps and at the end, a sample grid every sample_every steps. True if it saved a checkpoint."""
+    if step % config.log_every == 0:
+        log.write(json.dumps({"step": step, **record, "lr": learning_rate(config, step),
+                              "time_s": round(time.perf_counter() - t0, 3)}) + "\n")
+        log.flush()
+        bar.set_postfix(loss=f"{record['loss']:.4f}")
+    done = step + 1
+    saved = done % config.checkpoint_every == 0 or done == config.steps
+    if saved:
+        checkpoint(done)
+    if on_sample is not None and config.sample_every and done % config.sample_every == 0:
+        ema.eval()
+        on_sample(ema, done)
+    return saved
+
+
 def train(model: torch.nn.Module, diffusion: GaussianDiffusion, data: torch.Tensor, config: TrainConfig,
           run_dir: str | Path, run_config: dict, resume: bool = False,
           on_sample: Callable[[torch.nn.Module, int], None] | None = None, progress: bool = True):
@@ -107,11 +135,7 @@ def train(model: torch.nn.Module, diffusion: GaussianDiffusion, data: torch.Tens
         ema.load_state_dict(unprefixed(tensors, "ema"))
         load_optimizer_tensors(optimizer, unprefixed(tensors, "optimizer"))
         start = meta["step"]
-        if log_path.exists():  # forget lines written after the checkpoint: they will be recomputed
-            lines = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] < start]
-            log_path.write_text("".join(ln + "\n" for ln in lines))
-    elif log_path.exists():
-        log_path.unlink()
+    prepare_log(log_path, start if resume else None)
 
     def checkpoint(step: int) -> None:
         tensors = {**prefixed(model.state_dict(), "model"), **prefixed(ema.state_dict(), "ema"),
@@ -147,18 +171,8 @@ def train(model: torch.nn.Module, diffusion: GaussianDiffusion, data: torch.Tens
 
             value = loss.item()
             losses.append((step, value))
-            if step % config.log_every == 0:
-                log.write(json.dumps({"step": step, "loss": value, "lr": learning_rate(config, step),
-                                      "time_s": round(time.perf_counter() - t0, 3)}) + "\n")
-                log.flush()
-                bar.set_postfix(loss=f"{value:.4f}")
-            done = step + 1
-            if done % config.checkpoint_every == 0 or done == config.steps:
-                checkpoint(done)
-                last_saved = done
-            if on_sample is not None and config.sample_every and done % config.sample_every == 0:
-                ema.eval()
-                on_sample(ema, done)
+            if end_step(step, {"loss": value}, config, log, bar, t0, checkpoint, on_sample, ema):
+                last_saved = step + 1
     model.eval()
     ema.eval()
     return model, ema, losses
