@@ -41,7 +41,21 @@ def cmd_sample(args) -> None:
         raise ValueError(f"-n must be at least 1, got {args.n}")
     if args.sampler == "ddpm" and args.steps is None:
         overrides["sample_steps"] = steps_max
-    samples = sample_from_run(model, sections, args.n, seed=args.seed, **overrides)
+    if "guidance" in sections:                              # a text-to-image run: images from a prompt
+        from minidiff.recipes_text import generate
+
+        if not args.prompt:
+            raise ValueError('this run draws images from a prompt: pass --prompt "a red circle left of a blue square"')
+        if args.guidance is not None:
+            overrides["guidance_scale"] = args.guidance
+        if args.negative_prompt is not None:
+            overrides["negative_prompt"] = args.negative_prompt
+        samples = generate(model, sections, [args.prompt] * args.n, seed=args.seed, **overrides)
+    elif args.prompt or args.guidance is not None or args.negative_prompt is not None:
+        raise ValueError("--prompt, --guidance and --negative-prompt need a text-to-image run (sd-shapes); "
+                         "this run is unconditional: drop them")
+    else:
+        samples = sample_from_run(model, sections, args.n, seed=args.seed, **overrides)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if samples.ndim == 4:                                   # images (digits, Shapes); else 2D points
@@ -59,7 +73,8 @@ def cmd_sample(args) -> None:
 def cmd_eval(args) -> None:
     from minidiff.recipes import run_evaluation
 
-    overrides = {k: v for k, v in {"sampler": args.sampler, "sample_steps": args.steps}.items() if v is not None}
+    overrides = {k: v for k, v in {"sampler": args.sampler, "sample_steps": args.steps,
+                                   "guidance_scale": args.guidance}.items() if v is not None}
     metrics = run_evaluation(args.run_dir, n=args.n, seed=args.seed, **overrides)
     print(json.dumps(metrics, indent=2))
     print(f"wrote {Path(args.run_dir) / 'metrics.json'}")
@@ -104,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float)
     p.add_argument("-n", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt", help="text-to-image runs: what to draw")
+    p.add_argument("--negative-prompt", help='text-to-image runs: what to steer away from (default "")')
+    p.add_argument("--guidance", type=float, help="text-to-image runs: classifier-free guidance scale (1: off)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_sample)
 
@@ -113,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=["ddpm", "ddim"])
     p.add_argument("--steps", type=int)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, help="text-to-image runs: classifier-free guidance scale (1: off)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("data", help="build a dataset: `minidiff data shapes --size 32 --n 20000 --out DIR`")

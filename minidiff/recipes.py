@@ -12,6 +12,8 @@ diffusion recipe adds `latent` (which autoencoder run to use) and `autoencoder` 
 Chapter 1: `ddpm-digits` (the main job: real handwritten digits, 16x16) and `ddpm-2d` (2D toys).
 Chapter 2: `vae-shapes` (the autoencoder), `ldm-shapes` (diffusion in its latent space) and `ddpm-shapes`
 (the same data in pixel space, the baseline latent diffusion is measured against).
+Chapter 3: `clip-shapes` (a CLIP on Shapes captions) and `sd-shapes` (text-to-image in the latent space, guided);
+what their runs do is in minidiff/recipes_text.py.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import torch
 
 from minidiff.config import apply_overrides, from_dict, to_dict
 from minidiff.models import PRESETS, Autoencoder, AutoencoderConfig, build_model
+from minidiff.models.clip import CLIPTextConfig
 from minidiff.models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from minidiff.process import PREDICTIONS, SAMPLERS, SCHEDULES, VARIANCES, GaussianDiffusion, NoiseSchedule, sample
 from minidiff.training.autoencoder import PIXEL_LOSSES, AutoencoderLossConfig
@@ -67,10 +70,26 @@ class LatentConfig:
                                           # (1.0: no scaling, to see what goes wrong without it)
 
 
-KINDS = ("diffusion", "autoencoder", "latent-diffusion")
+@dataclass
+class TextConfig:
+    clip_run: str = ""             # run folder of a trained `clip-shapes`; "" trains one first in OUT/clip
+    vocab_size: int = 1000         # BPE vocabulary learned from the training captions (at most; it may stop early)
+    context_length: int = 32       # tokens per prompt, BOS and EOS included (the longest Shapes caption needs ~22)
+    p_uncond: float = 0.1          # chance a training caption is dropped, so guidance has an unconditional model
+
+
+@dataclass
+class GuidanceConfig:
+    guidance_scale: float = 5.0    # classifier-free guidance: 1 is off, 0 ignores the prompt
+    negative_prompt: str = ""      # what the unconditional branch encodes ("" as in training)
+    guidance_rescale: float = 0.0  # Lin et al.'s phi (0.7 in their paper); 0 is off
+
+
+KINDS = ("diffusion", "autoencoder", "latent-diffusion", "clip", "text-to-image")
 SECTION_TYPES = {"diffusion": DiffusionConfig, "sample": SampleConfig, "train": TrainConfig, "data": DataConfig,
                  "loss": AutoencoderLossConfig, "discriminator": DiscriminatorConfig, "latent": LatentConfig,
-                 "autoencoder": AutoencoderConfig}
+                 "autoencoder": AutoencoderConfig, "text": TextConfig, "guidance": GuidanceConfig,
+                 "text_encoder": CLIPTextConfig}
 
 
 @dataclass
@@ -87,13 +106,17 @@ class Recipe:
     loss: AutoencoderLossConfig | None = None     # autoencoder recipes
     discriminator: DiscriminatorConfig | None = None
     latent: LatentConfig | None = None            # latent diffusion recipes
+    text: TextConfig | None = None                # text recipes (CLIP, text-to-image)
+    guidance: GuidanceConfig | None = None        # text-to-image recipes
     model_overrides: dict = field(default_factory=dict)
     eval_samples: int = 1000       # samples (or test images) used by `minidiff eval`
 
     def sections(self) -> dict:
         names = {"diffusion": ("diffusion", "train", "sample", "data"),
                  "autoencoder": ("loss", "discriminator", "train", "data"),
-                 "latent-diffusion": ("diffusion", "train", "sample", "data", "latent")}[self.kind]
+                 "latent-diffusion": ("diffusion", "train", "sample", "data", "latent"),
+                 "clip": ("train", "data", "text"),
+                 "text-to-image": ("diffusion", "train", "sample", "guidance", "data", "latent", "text")}[self.kind]
         return {name: getattr(self, name) for name in names}
 
 
@@ -122,9 +145,9 @@ RECIPES = {
         description="the KL autoencoder of latent diffusion on Shapes 32x32 (f=4, 4 latent channels)",
         kind="autoencoder", preset="vae-toy", presets=("vae-toy", "sd-vae", "sd3-vae"), data=DataConfig("shapes"),
         loss=AutoencoderLossConfig(pixel_loss="l1", perceptual_weight=1.0, kl_weight=1e-6, disc_weight=0.5,
-                                   disc_start=1200),
+                                   disc_start=2400),
         discriminator=DiscriminatorConfig.toy(),
-        train=TrainConfig(steps=2000, batch_size=32, lr=2e-3, warmup_steps=100, sample_every=500,
+        train=TrainConfig(steps=4000, batch_size=32, lr=2e-3, warmup_steps=100, sample_every=1000,
                           checkpoint_every=500),
         model_overrides={"sample_size": 32},
         eval_samples=500,
@@ -147,6 +170,25 @@ RECIPES = {
         train=TrainConfig(steps=3000, batch_size=32, lr=2e-3, warmup_steps=100, sample_every=1000),
         sample=SampleConfig(sampler="ddim", sample_steps=50),
         eval_samples=1000,
+    ),
+    "clip-shapes": Recipe(
+        name="clip-shapes",
+        description="CLIP on Shapes captions: a BPE tokenizer, a text and an image transformer, contrastive loss",
+        kind="clip", preset="clip-toy", presets=("clip-toy",), data=DataConfig("shapes", train_examples=20000),
+        train=TrainConfig(steps=1500, batch_size=128, lr=1e-3, warmup_steps=100, weight_decay=0.1, sample_every=0),
+        text=TextConfig(),
+        eval_samples=1000,
+    ),
+    "sd-shapes": Recipe(
+        name="sd-shapes",
+        description="Stable Diffusion on Shapes: a frozen CLIP text tower, cross-attention U-Net on vae-shapes latents",
+        kind="text-to-image", preset="unet-text-toy", presets=("unet-text-toy",),
+        data=DataConfig("shapes", train_examples=20000),
+        diffusion=DiffusionConfig(schedule="scaled_linear", prediction="eps"),
+        train=TrainConfig(steps=4000, batch_size=64, lr=2e-3, warmup_steps=100, sample_every=2000),
+        sample=SampleConfig(sampler="ddim", sample_steps=50, clip_x0=False),
+        guidance=GuidanceConfig(), latent=LatentConfig(), text=TextConfig(),
+        eval_samples=600,
     ),
 }
 
@@ -194,6 +236,12 @@ def validate(sections: dict, recipe: Recipe) -> None:
             expected not in DISTRIBUTIONS and data.dataset != expected):
         choices = ", ".join(DISTRIBUTIONS) if expected in DISTRIBUTIONS else expected
         raise ValueError(f"dataset {data.dataset!r} does not fit recipe {recipe.name}; use dataset={choices}")
+    if "text" in sections:
+        text = sections["text"]
+        if not 0.0 <= text.p_uncond <= 1.0:
+            raise ValueError(f"p_uncond={text.p_uncond} is a probability; use a value in [0, 1] (0.1 in SD 1.5)")
+        if text.context_length < 3:
+            raise ValueError(f"context_length={text.context_length} leaves no room for a word between BOS and EOS")
     if data.dataset == "shapes" and data.train_examples < 1:
         raise ValueError(f"train_examples={data.train_examples} must be at least 1")
     if hasattr(model, "block_channels"):
@@ -202,7 +250,7 @@ def validate(sections: dict, recipe: Recipe) -> None:
         if size % factor or size < factor:
             raise ValueError(f"image size sample_size={size} cannot go through this {network}, which halves the "
                              f"resolution {len(model.block_channels) - 1} times; use a multiple of {factor}")
-        if data.dataset == "shapes" and recipe.kind != "latent-diffusion" and not 16 <= size <= 256:
+        if data.dataset == "shapes" and recipe.kind == "diffusion" and not 16 <= size <= 256:
             raise ValueError(f"sample_size={size}: the Shapes world renders 16 to 256 pixels")
 
 
@@ -235,9 +283,15 @@ def sample_from_run(model: torch.nn.Module, sections: dict, n: int, seed: int = 
     """Draw n samples from a trained model with the run's default sampler (overridable).
 
     Images come back in [-1, 1] (latent runs decode their samples), 2D points as they are."""
+    if "text" in sections and "sample" not in sections:
+        raise ValueError("this run is a CLIP, which does not sample; `minidiff eval` measures its retrieval, and "
+                         "`minidiff train sd-shapes text.clip_run=RUN` conditions a U-Net on its text tower")
     if "sample" not in sections:
         raise ValueError("this run is an autoencoder, which does not sample; `minidiff eval` measures its "
                          "reconstructions, and `minidiff train ldm-shapes latent.autoencoder_run=RUN` diffuses in its latents")
+    if "guidance" in sections:
+        raise ValueError("this run draws images from prompts; use `minidiff sample RUN --prompt TEXT`, or "
+                         "minidiff.recipes_text.generate(model, sections, prompts)")
     s = dataclasses.replace(sections["sample"], **sampler_overrides)
     diffusion = sections["diffusion"].build()
     m = sections["model"]
@@ -337,13 +391,26 @@ def run_training(recipe_name: str, out: str | Path, preset: str | None = None, o
             raise ValueError(f"{out} already holds a run; continue it with --resume, or pass --out NEW_DIR")
     recipe = recipe_of(run_config)
     out.mkdir(parents=True, exist_ok=True)
-    if recipe.kind == "latent-diffusion" and not resume:
+    if recipe.kind in ("latent-diffusion", "text-to-image") and not resume:
         run_config = attach_autoencoder(run_config, out, progress)
+    if recipe.kind == "clip" and not resume:
+        from minidiff.recipes_text import attach_tokenizer
+
+        run_config = attach_tokenizer(run_config, out)
+    if recipe.kind == "text-to-image" and not resume:
+        from minidiff.recipes_text import attach_clip
+
+        run_config = attach_clip(run_config, out, progress)
     atomic_write_text(out / CONFIG, json.dumps(run_config, indent=2))
     sections = load_sections(run_config)
     torch.manual_seed(sections["train"].seed)
     if recipe.kind == "autoencoder":
         _train_autoencoder_run(sections, run_config, out, resume, progress)
+    elif recipe.kind in ("clip", "text-to-image"):
+        from minidiff import recipes_text
+
+        run = recipes_text.train_clip_run if recipe.kind == "clip" else recipes_text.train_text_run
+        run(sections, run_config, out, resume, progress)
     else:
         _train_diffusion_run(recipe, sections, run_config, out, resume, progress)
     return run_evaluation(out) if evaluate_after else {}
@@ -480,6 +547,14 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[torch.nn.Module,
     kind = recipe_of(meta["config"]).kind
     if kind == "latent-diffusion":
         model = build_latent_model(sections)
+    elif kind == "text-to-image":
+        from minidiff.recipes_text import build_text_model
+
+        model = build_text_model(sections, run_dir)
+    elif kind == "clip":
+        from minidiff.models.clip import CLIP
+
+        model = CLIP(sections["model"])
     elif kind == "autoencoder":
         model = Autoencoder(sections["model"])
     else:
@@ -499,6 +574,14 @@ def run_evaluation(run_dir: str | Path, model: torch.nn.Module | None = None, n:
     n = n or recipe.eval_samples
     if recipe.kind == "autoencoder":
         metrics = reconstruction_metrics(model, sections, n)
+    elif recipe.kind == "clip":
+        from minidiff.recipes_text import clip_metrics
+
+        metrics = clip_metrics(model, sections, run_dir, n)
+    elif recipe.kind == "text-to-image":
+        from minidiff.recipes_text import text_metrics
+
+        metrics = text_metrics(model, sections, seed=seed, **sampler_overrides)
     else:
         samples = sample_from_run(model, sections, n, seed=seed, **sampler_overrides)
         s = dataclasses.replace(sections["sample"], **sampler_overrides)

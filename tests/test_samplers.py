@@ -65,6 +65,24 @@ def test_spacing_matches_diffusers(spacing, steps):
     assert timesteps(T, steps, spacing) == scheduler.timesteps.tolist()
 
 
+@pytest.mark.parametrize("steps", [1, 3, 10, 50, 999])
+def test_leading_steps_offset_matches_diffusers(steps):
+    """SD 1.x/2.x's scheduler configs have steps_offset=1: 'leading' timesteps shift up by one (981, ..., 1)."""
+    scheduler = DDIMScheduler(steps_offset=1)
+    scheduler.set_timesteps(steps)
+    assert timesteps(T, steps, "leading", steps_offset=1) == scheduler.timesteps.tolist()
+    assert timesteps(T, steps, "leading", steps_offset=1) == [t + 1 for t in timesteps(T, steps, "leading")]
+
+
+def test_bad_steps_offset():
+    with pytest.raises(ValueError, match="steps_offset=1 applies to 'leading' spacing only"):
+        timesteps(T, 10, "trailing", steps_offset=1)
+    with pytest.raises(ValueError, match="outside 0..999"):
+        timesteps(T, 1000, "leading", steps_offset=1)      # would visit t = 1000
+    with pytest.raises(ValueError, match="outside 0..999"):
+        timesteps(T, 10, "leading", steps_offset=-1)
+
+
 def test_bad_spacing_and_step_counts():
     with pytest.raises(ValueError, match="unknown spacing 'linspace'"):
         timesteps(T, 10, "linspace")
@@ -244,6 +262,24 @@ def test_ddim_sample_matches_diffusers_loop(eta, spacing, clip_x0):
     got = sample(toy_model, twin(scheduler), SHAPE, "ddim", steps=50, eta=eta, clip_x0=clip_x0, spacing=spacing,
                  generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_ddim_sample_ending_at_alpha_bar_0_matches_diffusers_loop(eta):
+    """SD 1.5's scheduler config run by DDIMScheduler: scaled linear betas, leading spacing with steps_offset=1, and
+    set_alpha_to_one=False, so the last step (t = 1) lands on alpha_bar_0 rather than 1: final_timestep=0."""
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    expected = diffusers_loop(scheduler, 50, seed=0, eta=eta)
+    diffusion = twin(scheduler, schedule="scaled_linear")
+    options = dict(steps=50, eta=eta, spacing="leading", steps_offset=1)
+    got = sample(toy_model, diffusion, SHAPE, "ddim", final_timestep=0, generator=torch.Generator().manual_seed(0),
+                 **options)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    to_clean = sample(toy_model, diffusion, SHAPE, "ddim", generator=torch.Generator().manual_seed(0), **options)
+    assert (to_clean - expected).abs().max() > 1e-3          # the option matters
+    with pytest.raises(ValueError, match="final_timestep must be -1"):
+        sample(toy_model, diffusion, SHAPE, "ddim", final_timestep=1, **options)
 
 
 def test_own_schedule_loops_agree_with_diffusers():

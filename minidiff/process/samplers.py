@@ -7,7 +7,7 @@ Song, Meng & Ermon 2021, DDIM (arXiv:2010.02502), eq. 12 and 16.
 |-------------------|-----------------------------------------------|
 | `x_t`, `x_prev`   | x_t, x_{t-1} (on a sub-sequence: the previous timestep in it) |
 | `x0_hat`, `eps_hat` | the network's estimates of x_0 and epsilon  |
-| `alpha_bar`, `alpha_bar_prev` | alpha-bar_t, alpha-bar_{t-1} (1 after the last step) |
+| `alpha_bar`, `alpha_bar_prev` | alpha-bar_t, alpha-bar_{t-1} (after the last step: 1, or alpha-bar_0) |
 | `variance`        | sigma_t^2: 'beta' (beta_t, "fixed large") or 'beta_tilde' (posterior, "fixed small") |
 | `eta`             | DDIM's eta: 0 is deterministic, 1 is DDPM-like |
 
@@ -25,20 +25,27 @@ VARIANCES = ("beta", "beta_tilde")
 SPACINGS = ("trailing", "leading")
 
 
-def timesteps(num_train_steps: int, num_steps: int, spacing: str = "trailing") -> list[int]:
+def timesteps(num_train_steps: int, num_steps: int, spacing: str = "trailing", steps_offset: int = 0) -> list[int]:
     """The decreasing timesteps a sampler visits.
 
     'trailing' ends at T-1 and spaces evenly down from it (so few-step sampling starts from pure noise);
     'leading' is diffusers' default: 0, T/K, 2T/K, ... reversed. With K = T both give T-1, ..., 0.
+    steps_offset shifts the 'leading' timesteps up (diffusers' steps_offset; SD 1.x/2.x's scheduler configs have 1:
+    981, 961, ..., 1 for K = 50); 'trailing' already ends at T-1 and takes none.
     """
     if not 1 <= num_steps <= num_train_steps:
         raise ValueError(f"steps must be between 1 and {num_train_steps}, got {num_steps}")
+    if steps_offset and spacing != "leading":
+        raise ValueError(f"steps_offset={steps_offset} applies to 'leading' spacing only; pass steps_offset=0")
     if spacing == "trailing":
         stride = num_train_steps / num_steps
         return [round(num_train_steps - i * stride) - 1 for i in range(num_steps)]
     if spacing == "leading":
         stride = num_train_steps // num_steps
-        return [i * stride for i in reversed(range(num_steps))]
+        if steps_offset < 0 or (num_steps - 1) * stride + steps_offset >= num_train_steps:
+            raise ValueError(f"steps_offset={steps_offset} with {num_steps} leading steps gives timesteps outside "
+                             f"0..{num_train_steps - 1}; use fewer steps or a smaller offset")
+        return [i * stride + steps_offset for i in reversed(range(num_steps))]
     raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
 
 
@@ -96,22 +103,31 @@ def ddim_step(diffusion: GaussianDiffusion, output: torch.Tensor, x_t: torch.Ten
 def sample(model: Model, diffusion: GaussianDiffusion, shape: tuple[int, ...], sampler: str = "ddpm",
            steps: int | None = None, eta: float = 0.0, variance: str = "beta_tilde", clip_x0: bool = False,
            spacing: str = "trailing", generator: torch.Generator | None = None, device: str | torch.device = "cpu",
-           return_trajectory: bool = False):
+           return_trajectory: bool = False, initial_noise: torch.Tensor | None = None, steps_offset: int = 0,
+           final_timestep: int = -1):
     """Draw samples of `shape` (B, ...) by running the reverse process from x_T ~ N(0, I).
 
     sampler 'ddpm' (ancestral; `variance` picks sigma^2) or 'ddim' (`eta`). steps defaults to T for DDPM
-    and 50 for DDIM. Returns x0 of `shape`, or (x0, trajectory) where trajectory is a list of
-    (t, x_t) pairs on the CPU, one per step, starting with the initial noise.
+    and 50 for DDIM. initial_noise: x_T itself (of `shape`), to start two pipelines from the same noise;
+    otherwise it is drawn from `generator`. steps_offset shifts 'leading' timesteps (see `timesteps`).
+    final_timestep: where the last step lands: -1 is the clean data (alpha_bar = 1, as in the DDIM paper); 0 stops
+    at alpha_bar_0 (diffusers' set_alpha_to_one=False, in SD 1.x/2.x's scheduler configs). Returns x0 of `shape`, or
+    (x0, trajectory) where trajectory is a list of (t, x_t) pairs on the CPU, one per step, starting with the
+    initial noise.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     steps = steps or (diffusion.num_steps if sampler == "ddpm" else 50)
-    ts = timesteps(diffusion.num_steps, steps, spacing)
+    if final_timestep not in (-1, 0):
+        raise ValueError(f"final_timestep must be -1 (clean data) or 0 (alpha_bar_0), got {final_timestep}")
+    ts = timesteps(diffusion.num_steps, steps, spacing, steps_offset)
     randn = lambda: torch.randn(shape, generator=generator).to(device)  # noqa: E731 (draws on the CPU: same on any device)
-    x = randn()
+    if initial_noise is not None and tuple(initial_noise.shape) != tuple(shape):
+        raise ValueError(f"initial_noise has shape {tuple(initial_noise.shape)} but samples have shape {tuple(shape)}")
+    x = randn() if initial_noise is None else initial_noise.to(device)
     trajectory = [(diffusion.num_steps, x.cpu())]
     for i, t in enumerate(ts):
-        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+        t_prev = ts[i + 1] if i + 1 < len(ts) else final_timestep
         output = model(x, torch.full((shape[0],), t, device=device, dtype=torch.long)).float()
         noise = randn() if t_prev >= 0 and (sampler == "ddpm" or eta > 0) else None
         if sampler == "ddpm":

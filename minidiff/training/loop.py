@@ -111,10 +111,14 @@ def end_step(step: int, record: dict, config: TrainConfig, log, bar, t0: float, 
     return saved
 
 
-def train(model: torch.nn.Module, diffusion: GaussianDiffusion, data: torch.Tensor, config: TrainConfig,
-          run_dir: str | Path, run_config: dict, resume: bool = False,
+def train(model: torch.nn.Module, diffusion: GaussianDiffusion, data: torch.Tensor | tuple[torch.Tensor, ...],
+          config: TrainConfig, run_dir: str | Path, run_config: dict, resume: bool = False,
           on_sample: Callable[[torch.nn.Module, int], None] | None = None, progress: bool = True):
     """Train `model` on `data` (N, ...) with the diffusion loss; checkpoints and logs go to run_dir.
+
+    `diffusion` is anything with a `loss(model, batch, generator)` method: the GaussianDiffusion of Chapters 1-2,
+    or (Chapter 3) a text-conditional objective or CLIP's contrastive one. `data` is one tensor, or a tuple of
+    tensors with the same first dimension N (images and their captions' tokens) whose rows are drawn together.
 
     run_config: the whole run's config, stored in every checkpoint. on_sample(ema_model, step) is
     called every `sample_every` steps. Returns (model, ema_model, losses) where losses are this call's
@@ -142,7 +146,8 @@ def train(model: torch.nn.Module, diffusion: GaussianDiffusion, data: torch.Tens
                    **prefixed(optimizer_tensors(optimizer), "optimizer")}
         save_checkpoint(run_dir / CHECKPOINT, tensors, {"step": step, "config": run_config})
 
-    data = data.to(device)
+    data = tuple(d.to(device) for d in data) if isinstance(data, tuple) else data.to(device)
+    num_examples = (data[0] if isinstance(data, tuple) else data).shape[0]
     losses, last_saved = [], start
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, unit="step", disable=not progress,
                desc="train", dynamic_ncols=True)
@@ -152,8 +157,8 @@ def train(model: torch.nn.Module, diffusion: GaussianDiffusion, data: torch.Tens
         for step in bar:
             generator = torch.Generator().manual_seed(_step_seed(config.seed, step))
             torch.manual_seed(_step_seed(config.seed, step))             # dropout draws from the global RNG
-            index = torch.randint(0, data.shape[0], (config.batch_size,), generator=generator)
-            x0 = data[index.to(device)]                                   # (B, ...)
+            index = torch.randint(0, num_examples, (config.batch_size,), generator=generator).to(device)
+            x0 = tuple(d[index] for d in data) if isinstance(data, tuple) else data[index]   # (B, ...)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, step)
 
