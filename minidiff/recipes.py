@@ -13,7 +13,7 @@ Chapter 1: `ddpm-digits` (the main job: real handwritten digits, 16x16) and `ddp
 Chapter 2: `vae-shapes` (the autoencoder), `ldm-shapes` (diffusion in its latent space) and `ddpm-shapes`
 (the same data in pixel space, the baseline latent diffusion is measured against).
 Chapter 3: `clip-shapes` (a CLIP on Shapes captions) and `sd-shapes` (text-to-image in the latent space, guided);
-what their runs do is in minidiff/recipes_text.py.
+what their runs do is in minidiff/recipes_text.py, as Chapter 2's is in minidiff/recipes_latent.py.
 """
 from __future__ import annotations
 
@@ -27,12 +27,16 @@ import torch
 from minidiff.config import apply_overrides, from_dict, to_dict
 from minidiff.models import PRESETS, Autoencoder, AutoencoderConfig, build_model
 from minidiff.models.clip import CLIPTextConfig
-from minidiff.models.discriminator import DiscriminatorConfig, PatchDiscriminator
+from minidiff.models.discriminator import DiscriminatorConfig
 from minidiff.process import PREDICTIONS, SAMPLERS, SCHEDULES, VARIANCES, GaussianDiffusion, NoiseSchedule, sample
 from minidiff.training.autoencoder import PIXEL_LOSSES, AutoencoderLossConfig
-from minidiff.training.checkpoint import (CHECKPOINT, CONFIG, atomic_write_text, load_checkpoint, save_checkpoint,
-                                          unprefixed)
+from minidiff.recipes_latent import (attach_autoencoder, autoencoder_tensors, build_latent_model,
+                                     heldout_scenes, reconstruction_metrics, train_autoencoder_run)
+from minidiff.training.checkpoint import CHECKPOINT, CONFIG, atomic_write_text, load_checkpoint, unprefixed
 from minidiff.training.loop import TrainConfig, train
+
+__all__ = ["RECIPES", "heldout_scenes", "load_run", "make_run_config", "reconstruction_metrics", "run_evaluation",
+           "run_training", "sample_from_run"]   # heldout_scenes, reconstruction_metrics: Chapter 2's, re-exported
 
 
 @dataclass
@@ -314,33 +318,6 @@ def save_samples(samples: torch.Tensor, path: Path, is_2d: bool, title: str | No
         save_grid(samples, path)
 
 
-def heldout_scenes(n: int, size: int = 32) -> tuple[torch.Tensor, list[list[dict]]]:
-    """Held-out Shapes scenes (test split 0..n-1): (images (n, 3, size, size) in [-1, 1], each scene's objects)."""
-    from minidiff.data.images import to_model_range
-    from minidiff.data.shapes_dataset import make_example
-    import numpy as np
-
-    rows = [make_example("test", i, size) for i in range(n)]
-    pixels = torch.from_numpy(np.stack([r["image"] for r in rows])).permute(0, 3, 1, 2).float() / 255
-    return to_model_range(pixels), [r["objects"] for r in rows]
-
-
-@torch.no_grad()
-def reconstruction_metrics(autoencoder: Autoencoder, sections: dict, n: int) -> dict:
-    """PSNR (dB) of held-out reconstructions, and the share of their objects ShapesEval's detector still finds."""
-    from minidiff.eval.shapeseval import object_recall
-    from minidiff.training.autoencoder import psnr
-
-    images, objects = heldout_scenes(n, sections["model"].sample_size)
-    recon = torch.cat([autoencoder(images[i:i + 100], sample_posterior=False)[0].clamp(-1, 1)
-                       for i in range(0, n, 100)])
-    values = psnr(images, recon)
-    recall = object_recall(recon, objects)
-    return {"psnr": values.mean().item(), "psnr_min": values.min().item(), "object_recall": recall["recall"],
-            "scene_recall": recall["scene_recall"], "test_images": n,
-            "scaling_factor": autoencoder.config.scaling_factor, "shift_factor": autoencoder.config.shift_factor}
-
-
 def evaluate(samples: torch.Tensor, sections: dict) -> dict:
     """The recipe's metrics for a batch of samples."""
     data = sections["data"]
@@ -405,7 +382,7 @@ def run_training(recipe_name: str, out: str | Path, preset: str | None = None, o
     sections = load_sections(run_config)
     torch.manual_seed(sections["train"].seed)
     if recipe.kind == "autoencoder":
-        _train_autoencoder_run(sections, run_config, out, resume, progress)
+        train_autoencoder_run(sections, run_config, out, resume, progress)
     elif recipe.kind in ("clip", "text-to-image"):
         from minidiff import recipes_text
 
@@ -436,105 +413,6 @@ def _train_diffusion_run(recipe: Recipe, sections: dict, run_config: dict, out: 
     _, ema, _ = train(model, diffusion, data, sections["train"], out, run_config, resume=resume,
                       on_sample=on_sample, progress=progress)
     save_samples(sample_from_run(ema, sections, n_grid), out / "samples.png", is_2d, recipe.name)
-
-
-def _train_autoencoder_run(sections: dict, run_config: dict, out: Path, resume: bool, progress: bool) -> None:
-    from minidiff.models.autoencoder import fit_latent_scaling
-    from minidiff.training.autoencoder import train_autoencoder
-
-    model = Autoencoder(sections["model"])
-    images = load_data(sections["data"], sections["model"].sample_size)
-    loss = sections["loss"]
-    perceptual = None
-    if loss.perceptual_weight > 0:
-        perceptual = _perceptual_net(sections, out, resume)
-    discriminator = PatchDiscriminator(dataclasses.replace(sections["discriminator"],
-                                                           in_channels=sections["model"].in_channels))
-    show, _ = heldout_scenes(8, sections["model"].sample_size)
-
-    def on_sample(ema, step):
-        save_reconstructions(ema, show, out / "samples" / f"step_{step:06d}.png")
-
-    _, ema, _ = train_autoencoder(model, images, loss, sections["train"], out, run_config, resume=resume,
-                                  perceptual=perceptual, discriminator=discriminator, on_sample=on_sample,
-                                  progress=progress)
-    # The latent scale, fitted on the training images' latents as SD did (its 0.18215), joins the model config.
-    with torch.no_grad():
-        latents = torch.cat([ema.encode(images[i:i + 256]).mean for i in range(0, min(len(images), 2000), 256)])
-    scale, shift = fit_latent_scaling(latents)
-    run_config["model"]["scaling_factor"], run_config["model"]["shift_factor"] = scale, shift
-    tensors, meta = load_checkpoint(out / CHECKPOINT)
-    save_checkpoint(out / CHECKPOINT, tensors, {**meta, "config": run_config})
-    atomic_write_text(out / CONFIG, json.dumps(run_config, indent=2))
-    save_reconstructions(ema, show, out / "samples.png")
-
-
-def _perceptual_net(sections: dict, out: Path, resume: bool):
-    """The perceptual loss's feature network: trained on the run's own data (about 20 s), or restored on resume."""
-    from minidiff.eval.shapes_fd import shapes_attribute_data
-    from minidiff.models.perceptual import PerceptualConfig, PerceptualNet
-    from minidiff.training.autoencoder import train_perceptual_net
-
-    if resume:
-        tensors, _ = load_checkpoint(out / CHECKPOINT)
-        net = PerceptualNet(PerceptualConfig(in_channels=sections["model"].in_channels))
-        net.load_state_dict(unprefixed(tensors, "perceptual"))
-        return net
-    images, labels = shapes_attribute_data("train", min(sections["data"].train_examples, 2000),
-                                           sections["model"].sample_size)   # (n, 3, S, S), (n, 11) attributes
-    return train_perceptual_net(images, labels, epochs=2, seed=sections["train"].seed)
-
-
-def save_reconstructions(autoencoder: Autoencoder, images: torch.Tensor, path: Path) -> None:
-    """A grid: originals on the top row, their reconstructions below."""
-    from minidiff.plotting import save_grid
-
-    with torch.no_grad():
-        recon = autoencoder(images, sample_posterior=False)[0].clamp(-1, 1)
-    save_grid(torch.cat([images, recon]), path, nrow=len(images))
-
-
-def attach_autoencoder(run_config: dict, out: Path, progress: bool) -> dict:
-    """Find (or train) the latent run's autoencoder and copy its config into the run's config."""
-    latent = run_config["latent"]
-    if not latent["autoencoder_run"]:
-        vae_dir = out / "autoencoder"
-        if not (vae_dir / CHECKPOINT).exists():
-            run_training("vae-shapes", vae_dir, progress=progress, evaluate_after=False)
-        latent["autoencoder_run"] = str(vae_dir)
-    vae_dir = Path(latent["autoencoder_run"])
-    _, meta = load_checkpoint(vae_dir / CHECKPOINT)
-    vae_config = meta["config"]
-    if vae_config.get("recipe") != "vae-shapes":
-        raise ValueError(f"{vae_dir} is a {vae_config.get('recipe')!r} run, not an autoencoder; "
-                         f"pass latent.autoencoder_run=FOLDER of a `minidiff train vae-shapes` run")
-    if meta["step"] < vae_config["train"]["steps"]:
-        raise ValueError(f"the autoencoder run {vae_dir} stopped at step {meta['step']} of "
-                         f"{vae_config['train']['steps']} and has no fitted latent scale yet; finish it with "
-                         f"`minidiff train vae-shapes --out {vae_dir} --resume`")
-    autoencoder = from_dict(AutoencoderConfig, vae_config["model"])
-    if latent["scaling_factor"] is not None:
-        autoencoder = dataclasses.replace(autoencoder, scaling_factor=latent["scaling_factor"])
-    unet = run_config["model"]
-    if unet["in_channels"] != autoencoder.latent_channels or unet["sample_size"] * autoencoder.factor != autoencoder.sample_size:
-        unet.update(in_channels=autoencoder.latent_channels, out_channels=autoencoder.latent_channels,
-                    sample_size=autoencoder.sample_size // autoencoder.factor)
-    return {**run_config, "autoencoder": to_dict(autoencoder)}
-
-
-def autoencoder_tensors(run_config: dict) -> dict[str, torch.Tensor]:
-    """The EMA weights of the autoencoder run a latent run was configured with."""
-    tensors, _ = load_checkpoint(Path(run_config["latent"]["autoencoder_run"]) / CHECKPOINT)
-    return unprefixed(tensors, "ema")
-
-
-def build_latent_model(sections: dict, autoencoder_state: dict | None = None):
-    from minidiff.pipelines import LatentDiffusion
-
-    autoencoder = Autoencoder(sections["autoencoder"])
-    if autoencoder_state is not None:
-        autoencoder.load_state_dict(autoencoder_state)
-    return LatentDiffusion(build_model(sections["model"]), autoencoder)
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
