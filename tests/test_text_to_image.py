@@ -78,3 +78,30 @@ def test_bad_input_errors(pipeline):
         pipeline.generate(CAPTIONS[:2], DIFFUSION, latents=torch.randn(3, 4, 8, 8), steps=2)
     with pytest.raises(ValueError, match="initial_noise"):
         sample(lambda x, t: x, DIFFUSION, (2, 4, 8, 8), steps=2, initial_noise=torch.randn(2, 4, 4, 4))
+
+
+def test_attention_probabilities_are_what_forward_uses():
+    from minidiff.blocks.attention import Attention
+
+    torch.manual_seed(0)
+    layer = Attention(8, heads=2, context_dim=6)
+    x, context = torch.randn(2, 5, 8), torch.randn(2, 3, 6)
+    p = layer.probabilities(x, context)                                  # (2, 2, 5, 3)
+    assert torch.allclose(p.sum(-1), torch.ones(2, 2, 5))
+    v = layer.to_v(context).view(2, 3, 2, 4).transpose(1, 2)              # (B, heads, L_ctx, d)
+    by_hand = layer.to_out((p @ v).transpose(1, 2).reshape(2, 5, 8))
+    assert torch.allclose(by_hand, layer(x, context), atol=1e-6)
+
+
+def test_cross_attention_maps_one_map_per_token_and_layer(pipeline):
+    from minidiff.pipelines.text_to_image import cross_attention_maps
+
+    context = pipeline.encode_prompts(["a red circle", "a blue square"])  # (2, 32, 32)
+    z = torch.randn(2, 4, 8, 8)
+    maps = cross_attention_maps(pipeline.denoiser, z, torch.tensor([500, 500]), context)
+    # one per attention layer: 8x8 and 4x4 on the way down, the middle (4x4), two per level on the way up
+    assert len(maps) == 7
+    assert sorted(m.shape[-1] for m in maps.values()) == [4, 4, 4, 4, 8, 8, 8]
+    for m in maps.values():
+        assert m.shape[:2] == (2, 32) and torch.allclose(m.sum(dim=1), torch.ones(2, m.shape[-1], m.shape[-1]))
+    assert not any(h for h in pipeline.denoiser.modules() if h._forward_hooks)   # hooks removed

@@ -88,6 +88,16 @@ class Attention(nn.Module):
         h = rearrange(attention(q, k, v), "B heads L d -> B L (heads d)")                    # (B, L, C)
         return self.to_out(h)
 
+    def probabilities(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention weights softmax(q k^T / sqrt(d)) that forward uses, spelled out: (B, heads, L, L_ctx).
+
+        Row i says how much query position i reads from each context token: in cross-attention, one map over
+        the image per word (what Chapter 3's attention maps plot)."""
+        context = x if context is None else context
+        q = rearrange(self.to_q(x), "B L (heads d) -> B heads L d", heads=self.heads)        # (B, heads, L, d)
+        k = rearrange(self.to_k(context), "B M (heads d) -> B heads M d", heads=self.heads)  # (B, heads, L_ctx, d)
+        return (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(dim=-1)                 # (B, heads, L, L_ctx)
+
 
 class GEGLU(nn.Module):
     """A gated linear unit with a GELU gate (Shazeer 2020): (B, L, dim) -> (B, L, inner).

@@ -90,3 +90,34 @@ class TextToImage(LatentDiffusion):
                      **sampler_options)                                            # (B, C, h, w)
         images = self.decode(z_0.to(next(self.autoencoder.parameters()).dtype))        # (B, 3, H, W)
         return images.float().clamp(-1, 1)
+
+
+@torch.no_grad()
+def cross_attention_maps(denoiser: nn.Module, z_t: torch.Tensor, t: torch.Tensor | int,
+                         context: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Where each text token looks: the cross-attention weights of every SpatialTransformer in a U-Net.
+
+    Runs denoiser(z_t, t, context) once on square latents z_t (B, C, H, H) and returns
+    {module name: (B, L_text, h, h)}, each map averaged over heads:
+    map[b, j] is how strongly each position of that feature map (h x w) attends to token j. Rows sum to 1 over the
+    tokens, so a word's map shows where in the image that word is read. Hooks capture the layers' inputs; the
+    network itself is unchanged.
+    """
+    from minidiff.blocks.attention import Attention
+
+    captured, hooks = {}, []
+    for name, module in denoiser.named_modules():
+        if isinstance(module, Attention) and name.endswith("attn2"):
+            hooks.append(module.register_forward_hook(
+                lambda m, args, kwargs, out, name=name: captured.__setitem__(name, m.probabilities(*args, **kwargs)),
+                with_kwargs=True))
+    try:
+        denoiser(z_t, t, context)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    maps = {}
+    for name, probabilities in captured.items():                                 # (B, heads, h*w, L_text)
+        side = int(round(probabilities.shape[2] ** 0.5))
+        maps[name] = probabilities.mean(dim=1).transpose(1, 2).reshape(z_t.shape[0], -1, side, side)  # (B, L, h, w)
+    return maps
