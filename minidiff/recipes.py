@@ -78,7 +78,7 @@ class LatentConfig:
 class TextConfig:
     clip_run: str = ""             # run folder of a trained `clip-shapes`; "" trains one first in OUT/clip
     vocab_size: int = 1000         # BPE vocabulary learned from the training captions (at most; it may stop early)
-    context_length: int = 32       # tokens per prompt, BOS and EOS included (the longest Shapes caption needs ~22)
+    context_length: int = 32       # tokens per prompt, BOS and EOS included (the longest Shapes caption needs 19)
     p_uncond: float = 0.1          # chance a training caption is dropped, so guidance has an unconditional model
 
 
