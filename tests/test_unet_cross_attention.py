@@ -265,3 +265,23 @@ def test_chapter_1_forward_still_takes_two_arguments():
     with torch.no_grad():
         assert torch.equal(model(x, torch.tensor([3, 500])), model(x, torch.tensor([3, 500]), None))
     assert F.mse_loss(model(x, 3), x).item() > 0
+
+
+def test_position_embedding_starts_as_stable_diffusion_and_learns_positions():
+    torch.manual_seed(0)
+    plain = UNet(UNetConfig.text_toy(block_channels=(16, 32), cross_attention_dim=8, norm_groups=4))
+    torch.manual_seed(0)
+    positioned = UNet(UNetConfig.text_toy(block_channels=(16, 32), cross_attention_dim=8, norm_groups=4,
+                                          position_embedding=True))
+    extra = set(positioned.state_dict()) - set(plain.state_dict())
+    assert extra and all(k.endswith("position_embedding") for k in extra)
+    assert not any(k.endswith("position_embedding") for k in plain.state_dict())
+    positioned.load_state_dict(plain.state_dict(), strict=False)       # same weights, zero position embeddings
+    x, t, context = torch.randn(2, 4, 8, 8), torch.tensor([10, 900]), torch.randn(2, 3, 8)
+    assert torch.allclose(positioned(x, t, context), plain(x, t, context), atol=1e-6)
+    # once trained, the embedding breaks translation symmetry: the loss reaches it
+    positioned(x, t, context).pow(2).mean().backward()
+    grads = [p.grad for n, p in positioned.named_parameters() if n.endswith("position_embedding")]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+    with pytest.raises(ValueError, match="training resolution"):
+        positioned(torch.randn(1, 4, 16, 16), torch.tensor([1]), torch.randn(1, 3, 8))

@@ -158,12 +158,18 @@ class SpatialTransformer(nn.Module):
         out = x + proj_out(h)
 
     x (B, C, H, W), context (B, L_ctx, context_dim) -> (B, C, H, W).
+
+    positions: if set (H*W), a learned embedding of each pixel's position is added to the tokens after proj_in.
+    Stable Diffusion has none: its attention is blind to where a pixel is, and only the convolutions' zero padding
+    tells the network where the borders are. The embedding starts at zero, so the block starts as SD's.
     """
 
     def __init__(self, channels: int, heads: int, context_dim: int, depth: int = 1, groups: int = 32,
-                 use_linear_projection: bool = False):
+                 use_linear_projection: bool = False, positions: int | None = None):
         super().__init__()
         self.use_linear_projection = use_linear_projection
+        if positions is not None:
+            self.position_embedding = nn.Parameter(torch.zeros(1, positions, channels))    # (1, H*W, C)
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)   # 1e-6 in SD at every level, whatever the ResBlocks use
         if use_linear_projection:
             self.proj_in, self.proj_out = nn.Linear(channels, channels), nn.Linear(channels, channels)
@@ -178,6 +184,11 @@ class SpatialTransformer(nn.Module):
             h = self.proj_in(rearrange(h, "B C H W -> B (H W) C"))              # (B, L, C)
         else:
             h = rearrange(self.proj_in(h), "B C H W -> B (H W) C")              # (B, L, C)
+        if hasattr(self, "position_embedding"):
+            if self.position_embedding.shape[1] != H * W:
+                raise ValueError(f"this attention layer learned positions for {self.position_embedding.shape[1]} "
+                                 f"pixels but got a {H}x{W} feature map; sample at the training resolution")
+            h = h + self.position_embedding                                     # (B, L, C)
         for block in self.transformer_blocks:
             h = block(h, context)                                               # (B, L, C)
         # .contiguous(): back to the usual (B, C, H, W) memory layout, which the convolutions after expect

@@ -50,6 +50,7 @@ class UNetConfig:
     attention_heads: tuple[int, ...] = (8,)   # transformer heads per level, or one value for all (text U-Net only)
     transformer_depth: tuple[int, ...] = (1,)  # TransformerBlocks per attention layer, per level or one value
     use_linear_projection: bool = False     # transformer proj_in/out: Linear on tokens (SD 2) or 1x1 conv (SD 1)
+    position_embedding: bool = False        # learned pixel positions in each transformer (not in SD; see Chapter 3)
 
     def __post_init__(self):
         self.block_channels = tuple(self.block_channels)
@@ -162,8 +163,9 @@ def attention_layer(config: UNetConfig, channels: int, level: int) -> nn.Module:
     c = config
     if c.cross_attention_dim is None:
         return SpatialSelfAttention(channels, c.attention_head_dim, c.norm_groups, c.norm_eps)
+    positions = (c.sample_size // 2 ** level) ** 2 if c.position_embedding else None
     return SpatialTransformer(channels, c.heads_at(level), c.cross_attention_dim, c.depth_at(level), c.norm_groups,
-                              c.use_linear_projection)
+                              c.use_linear_projection, positions)
 
 
 class UNetLevel(nn.Module):
