@@ -80,6 +80,7 @@ class TextConfig:
     vocab_size: int = 1000         # BPE vocabulary learned from the training captions (at most; it may stop early)
     context_length: int = 32       # tokens per prompt, BOS and EOS included (the longest Shapes caption needs 19)
     p_uncond: float = 0.1          # chance a training caption is dropped, so guidance has an unconditional model
+    hard_negatives: bool = False   # clip-shapes: each caption naming a place also trains against its left/right swap
 
 
 @dataclass

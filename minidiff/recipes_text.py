@@ -39,12 +39,31 @@ def shapes_captions(n: int, size: int, split: str = "train") -> tuple[torch.Tens
 # ---------------------------------------------------------------------------- clip-shapes
 
 
-class Contrastive:
-    """CLIP's objective in the training loop's interface: loss(model, (images, input_ids), generator)."""
+SWAPS = {"left": "right", "right": "left", "above": "below", "below": "above", "top": "bottom", "bottom": "top"}
 
-    def loss(self, model: CLIP, batch: tuple[torch.Tensor, torch.Tensor], generator=None) -> torch.Tensor:
-        images, input_ids = batch
-        return contrastive_loss(*model(images, input_ids))
+
+def swap_spatial_words(caption: str) -> str | None:
+    """The caption with every spatial word turned into its opposite, or None if it names no place or relation.
+
+    "a red circle left of a blue square" -> "a red circle right of a blue square": a hard negative that a CLIP
+    trained on random batches almost never meets, and that only a text encoder which tells left from right can
+    reject."""
+    words = caption.split()
+    swapped = [SWAPS.get(w, w) for w in words]
+    return " ".join(swapped) if swapped != words else None
+
+
+class Contrastive:
+    """CLIP's objective in the training loop's interface: loss(model, (images, input_ids[, negative_ids, has_negative]),
+    generator). With the last two, each caption that names a place also brings its swapped twin as a hard negative."""
+
+    def loss(self, model: CLIP, batch: tuple[torch.Tensor, ...], generator=None) -> torch.Tensor:
+        images, input_ids = batch[:2]
+        hard_negatives = None
+        if len(batch) == 4 and batch[3].any():
+            negative_ids, has_negative = batch[2:]
+            hard_negatives = model.encode_text(negative_ids[has_negative])                 # (M, E)
+        return contrastive_loss(*model(images, input_ids), hard_negatives=hard_negatives)
 
 
 def attach_tokenizer(run_config: dict, out: Path) -> dict:
@@ -69,8 +88,13 @@ def train_clip_run(sections: dict, run_config: dict, out: Path, resume: bool, pr
     images, captions = shapes_captions(sections["data"].train_examples, config.image.image_size)
     tokenizer = BPETokenizer.from_folder(out / TOKENIZER)
     input_ids = tokenizer(captions, context_length=config.text.context_length)        # (N, L)
-    train(CLIP(config), Contrastive(), (images, input_ids), sections["train"], out, run_config, resume=resume,
-          progress=progress)
+    data = (images, input_ids)
+    if sections["text"].hard_negatives:
+        swapped = [swap_spatial_words(c) for c in captions]
+        has_negative = torch.tensor([s is not None for s in swapped])                  # (N,)
+        negative_ids = tokenizer([s or "" for s in swapped], context_length=config.text.context_length)  # (N, L)
+        data = (images, input_ids, negative_ids, has_negative)
+    train(CLIP(config), Contrastive(), data, sections["train"], out, run_config, resume=resume, progress=progress)
 
 
 @torch.no_grad()

@@ -221,3 +221,30 @@ def test_retrieval_accuracy_by_hand():
     accuracy = retrieval_accuracy(images, texts)
     assert accuracy["image_to_text"] == pytest.approx(1.0)
     assert accuracy["text_to_image"] == pytest.approx(2 / 3)
+
+
+def test_hard_negatives_join_the_image_to_text_side_only():
+    import math
+
+    from minidiff.models.clip import contrastive_loss
+
+    image = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    negative = torch.tensor([[1.0, 0.0]])                  # as close to image 0 as its own caption
+    t = torch.tensor(0.0)                                  # exp(t) = 1
+    plain = contrastive_loss(image, text, t)
+    hard = contrastive_loss(image, text, t, hard_negatives=negative)
+    # image 0: logits (1, 0 | 1) -> -log(e / (2e + 1)); image 1: (0, 1 | 0) -> -log(e / (e + 2)); text side unchanged
+    image_side = (-math.log(math.e / (2 * math.e + 1)) - math.log(math.e / (math.e + 2))) / 2
+    text_side = -math.log(math.e / (math.e + 1))
+    assert math.isclose(hard.item(), (image_side + text_side) / 2, rel_tol=1e-6)
+    assert hard > plain
+
+
+def test_swap_spatial_words():
+    from minidiff.recipes_text import swap_spatial_words
+
+    assert swap_spatial_words("a red circle left of a blue square") == "a red circle right of a blue square"
+    assert swap_spatial_words("a cross in the top left") == "a cross in the bottom right"
+    assert swap_spatial_words("a square above a circle") == "a square below a circle"
+    assert swap_spatial_words("two green triangles") is None

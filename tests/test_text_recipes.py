@@ -145,3 +145,11 @@ def test_bad_text_settings_are_refused(tmp_path):
         run_training("sd-shapes", tmp_path / "x", overrides=["p_uncond=1.5"], progress=False)
     with pytest.raises(ValueError, match="context_length"):
         run_training("clip-shapes", tmp_path / "y", overrides=TINY_CLIP + ["context_length=6"], progress=False)
+
+
+def test_clip_with_hard_negatives_trains(tmp_path):
+    out = tmp_path / "clip"
+    run_training("clip-shapes", out, overrides=TINY_CLIP + ["hard_negatives=true", "steps=2"], progress=False,
+                 evaluate_after=False)
+    assert json.loads((out / "config.json").read_text())["text"]["hard_negatives"] is True
+    assert len(logged(out)) == 2 and all(r["loss"] > 0 for r in logged(out))

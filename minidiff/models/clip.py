@@ -335,7 +335,7 @@ class CLIP(nn.Module):
 
 
 def contrastive_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor,
-                     logit_scale: torch.Tensor) -> torch.Tensor:
+                     logit_scale: torch.Tensor, hard_negatives: torch.Tensor | None = None) -> torch.Tensor:
     """CLIP's symmetric cross-entropy over a batch of B matching (image, text) pairs (figure 3).
 
         I_e = I / |I|,  T_e = T / |T|                    (rows L2-normalised)
@@ -343,6 +343,8 @@ def contrastive_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tens
         loss = ( CE(logits, labels) + CE(logits^T, labels) ) / 2,   labels = 0..B-1 (the diagonal matches)
 
     image_embeddings, text_embeddings (B, E); logit_scale t: a scalar (log of the inverse temperature).
+    hard_negatives (M, E): extra captions that match no image (NegCLIP, Yuksekgonul et al. 2023, arXiv:2210.01936:
+    e.g. each caption with "left" and "right" swapped); they join the image-to-text side as M more wrong answers.
     """
     if image_embeddings.shape != text_embeddings.shape or image_embeddings.ndim != 2:
         raise ValueError(f"expected two (B, E) batches of matching pairs, got {tuple(image_embeddings.shape)} and "
@@ -351,7 +353,11 @@ def contrastive_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tens
     text_embeddings = F.normalize(text_embeddings, dim=-1)                               # (B, E)
     logits = logit_scale.exp() * image_embeddings @ text_embeddings.T                    # (B, B)
     labels = torch.arange(logits.shape[0], device=logits.device)                         # (B,)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    image_to_text = logits
+    if hard_negatives is not None:      # NegCLIP: more wrong captions for each image to lose against
+        negatives = logit_scale.exp() * image_embeddings @ F.normalize(hard_negatives, dim=-1).T   # (B, M)
+        image_to_text = torch.cat([logits, negatives], dim=1)                           # (B, B + M)
+    return (F.cross_entropy(image_to_text, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
 @torch.no_grad()
