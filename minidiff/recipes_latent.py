@@ -104,26 +104,39 @@ def save_reconstructions(autoencoder: Autoencoder, images: torch.Tensor, path: P
     save_grid(torch.cat([images, recon]), path, nrow=len(images))
 
 
+def prerequisite_run(folder: str, default: Path, recipe: str, key: str, what: str, progress: bool,
+                     evaluate_after: bool = False) -> tuple[Path, dict]:
+    """The finished run another run builds on: `folder` if given, else `default`, trained there first if empty.
+
+    key: the config key that names the folder (for the error messages); what: the kind of run, in words.
+    Returns (its folder, its config). A folder of another recipe, or a run stopped before its last step, is an error.
+    """
+    from minidiff.recipes import run_training
+
+    if not folder:
+        if not (default / CHECKPOINT).exists():
+            run_training(recipe, default, progress=progress, evaluate_after=evaluate_after)
+        folder = str(default)
+    run_dir = Path(folder)
+    if not (run_dir / CHECKPOINT).exists():
+        raise ValueError(f"{run_dir} holds no run; pass {key}=FOLDER of a `minidiff train {recipe}` run")
+    _, meta = load_checkpoint(run_dir / CHECKPOINT)
+    config = meta["config"]
+    if config.get("recipe") != recipe:
+        raise ValueError(f"{run_dir} is a {config.get('recipe')!r} run, not {what}; "
+                         f"pass {key}=FOLDER of a `minidiff train {recipe}` run")
+    if meta["step"] < config["train"]["steps"]:
+        raise ValueError(f"the {recipe} run {run_dir} stopped at step {meta['step']} of {config['train']['steps']} "
+                         f"and is not finished; finish it with `minidiff train {recipe} --out {run_dir} --resume`")
+    return run_dir, config
+
+
 def attach_autoencoder(run_config: dict, out: Path, progress: bool) -> dict:
     """Find (or train) the latent run's autoencoder and copy its config into the run's config."""
     latent = run_config["latent"]
-    if not latent["autoencoder_run"]:
-        vae_dir = out / "autoencoder"
-        if not (vae_dir / CHECKPOINT).exists():
-            from minidiff.recipes import run_training
-
-            run_training("vae-shapes", vae_dir, progress=progress, evaluate_after=False)
-        latent["autoencoder_run"] = str(vae_dir)
-    vae_dir = Path(latent["autoencoder_run"])
-    _, meta = load_checkpoint(vae_dir / CHECKPOINT)
-    vae_config = meta["config"]
-    if vae_config.get("recipe") != "vae-shapes":
-        raise ValueError(f"{vae_dir} is a {vae_config.get('recipe')!r} run, not an autoencoder; "
-                         f"pass latent.autoencoder_run=FOLDER of a `minidiff train vae-shapes` run")
-    if meta["step"] < vae_config["train"]["steps"]:
-        raise ValueError(f"the autoencoder run {vae_dir} stopped at step {meta['step']} of "
-                         f"{vae_config['train']['steps']} and has no fitted latent scale yet; finish it with "
-                         f"`minidiff train vae-shapes --out {vae_dir} --resume`")
+    vae_dir, vae_config = prerequisite_run(latent["autoencoder_run"], out / "autoencoder", "vae-shapes",
+                                           "latent.autoencoder_run", "an autoencoder", progress)
+    latent["autoencoder_run"] = str(vae_dir)
     autoencoder = from_dict(AutoencoderConfig, vae_config["model"])
     if latent["scaling_factor"] is not None:
         autoencoder = dataclasses.replace(autoencoder, scaling_factor=latent["scaling_factor"])

@@ -123,25 +123,12 @@ def clip_metrics(model: CLIP, sections: dict, run_dir: Path, n: int) -> dict:
 
 def attach_clip(run_config: dict, out: Path, progress: bool) -> dict:
     """Find (or train) the run's CLIP, copy its text tower's config and its tokenizer into the run."""
-    from minidiff.recipes import run_training
+    from minidiff.recipes_latent import prerequisite_run
 
     text = run_config["text"]
-    if not text["clip_run"]:
-        clip_dir = out / "clip"
-        if not (clip_dir / CHECKPOINT).exists():
-            run_training("clip-shapes", clip_dir, progress=progress, evaluate_after=True)
-        text["clip_run"] = str(clip_dir)
-    clip_dir = Path(text["clip_run"])
-    if not (clip_dir / CHECKPOINT).exists():
-        raise ValueError(f"{clip_dir} holds no run; pass text.clip_run=FOLDER of a `minidiff train clip-shapes` run")
-    _, meta = load_checkpoint(clip_dir / CHECKPOINT)
-    clip_config = meta["config"]
-    if clip_config.get("recipe") != "clip-shapes":
-        raise ValueError(f"{clip_dir} is a {clip_config.get('recipe')!r} run, not a CLIP; "
-                         f"pass text.clip_run=FOLDER of a `minidiff train clip-shapes` run")
-    if meta["step"] < clip_config["train"]["steps"]:
-        raise ValueError(f"the CLIP run {clip_dir} stopped at step {meta['step']} of {clip_config['train']['steps']}; "
-                         f"finish it with `minidiff train clip-shapes --out {clip_dir} --resume`")
+    clip_dir, clip_config = prerequisite_run(text["clip_run"], out / "clip", "clip-shapes", "text.clip_run", "a CLIP",
+                                             progress, evaluate_after=True)
+    text["clip_run"] = str(clip_dir)
     if (out / TOKENIZER).resolve() != (clip_dir / TOKENIZER).resolve():
         shutil.copytree(clip_dir / TOKENIZER, out / TOKENIZER, dirs_exist_ok=True)
     text_encoder = clip_config["model"]["text"]

@@ -13,6 +13,7 @@ from diffusers import UNet2DModel
 import minidiff
 from minidiff.models.unet import UNet, UNetConfig
 from minidiff.weights import PretrainedError, unet_config_from_diffusers
+from parity_helpers import edit_config, randomized
 
 DDPM_EMBEDDING = dict(flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6, downsample_padding=0)
 
@@ -52,14 +53,6 @@ CONFIGS = {
 }
 
 
-def randomized(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
-    """Perturb every weight (GroupNorm scales start at 1 and biases at 0): a wrong mapping cannot hide."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g))
-    return model.eval()
-
 
 def save(tmp_path, **config) -> tuple[UNet2DModel, str]:
     torch.manual_seed(0)
@@ -67,12 +60,6 @@ def save(tmp_path, **config) -> tuple[UNet2DModel, str]:
     model.save_pretrained(tmp_path)
     return model, str(tmp_path)
 
-
-def edit_config(path, **changes) -> None:
-    config_file = path / "config.json"
-    config = json.loads(config_file.read_text())
-    config.update(changes)
-    config_file.write_text(json.dumps(config))
 
 
 # ---------------------------------------------------------------------------- same outputs

@@ -4,7 +4,6 @@ Each case builds a tiny random transformers.CLIPTextModel, saves it with save_pr
 minidiff.load_pretrained, and compares last_hidden_state and the pooled output on token ids padded after the
 end-of-text token (max abs diff <= 1e-5 in float32, <= 1e-10 in float64).
 """
-import json
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ import minidiff  # noqa: E402
 from minidiff.models import PRESETS, count_parameters  # noqa: E402
 from minidiff.models.clip import CLIPTextConfig, CLIPTextEncoder  # noqa: E402
 from minidiff.weights import PretrainedError, clip_text_config_from_transformers  # noqa: E402
+from parity_helpers import edit_config, randomized  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,14 +29,6 @@ EOS_RULES = {"legacy-eos-2": dict(bos_token_id=0, eos_token_id=2, pad_token_id=1
              "eos-40": dict(bos_token_id=41, eos_token_id=40, pad_token_id=1)}
 TEXT_EOS = {"legacy-eos-2": VOCAB - 1, "eos-40": 40}   # the id the tokenizer writes at the end of the text
 
-
-def randomized(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
-    """Perturb every weight (LayerNorm scales start at 1 and biases at 0): a wrong mapping cannot hide."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g))
-    return model.eval()
 
 
 def save(tmp_path, cls=transformers.CLIPTextModel, **config):
@@ -125,10 +117,6 @@ def test_sd_text_encoder_config_is_the_preset():
 
 # ---------------------------------------------------------------------------- errors
 
-
-def edit_config(path, **changes) -> None:
-    config_file = path / "config.json"
-    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **changes}))
 
 
 @pytest.mark.parametrize("key, value, fix", [

@@ -32,6 +32,7 @@ from minidiff.pipelines.text_to_image import TextToImage  # noqa: E402
 from minidiff.process import timesteps  # noqa: E402
 from minidiff.weights import PretrainedError  # noqa: E402
 from minidiff.weights import load_pretrained as load_one_model  # noqa: E402
+from parity_helpers import randomized  # noqa: E402
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore:prompt")]
 
@@ -54,13 +55,6 @@ SCHEDULERS = {
                                                  clip_sample=False, set_alpha_to_one=True, steps_offset=1),
 }
 
-
-def randomized(model: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g))
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

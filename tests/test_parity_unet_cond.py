@@ -5,7 +5,6 @@ minidiff.load_pretrained, and compares the two networks on the same (x_t, t, con
 in float32. Options minidiff does not implement are refused with a one-line PretrainedError.
 """
 import dataclasses
-import json
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from diffusers import UNet2DConditionModel  # noqa: E402
 import minidiff  # noqa: E402
 from minidiff.models.unet import UNet, UNetConfig  # noqa: E402
 from minidiff.weights import PretrainedError, cond_unet_config_from_diffusers  # noqa: E402
+from parity_helpers import edit_config, randomized  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -61,14 +61,6 @@ SD15 = dict(sample_size=64, in_channels=4, out_channels=4, flip_sin_to_cos=True,
             attention_head_dim=8)
 
 
-def randomized(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
-    """Perturb every weight (norm scales start at 1 and biases at 0): a wrong mapping cannot hide."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g))
-    return model.eval()
-
 
 def save(tmp_path, **config) -> tuple[UNet2DConditionModel, str]:
     torch.manual_seed(0)
@@ -76,12 +68,6 @@ def save(tmp_path, **config) -> tuple[UNet2DConditionModel, str]:
     model.save_pretrained(tmp_path)
     return model, str(tmp_path)
 
-
-def edit_config(path, **changes) -> None:
-    config_file = path / "config.json"
-    config = json.loads(config_file.read_text())
-    config.update(changes)
-    config_file.write_text(json.dumps(config))
 
 
 def inputs(config: dict, dtype=torch.float32, tokens: int = 7):

@@ -1,0 +1,61 @@
+"""Does an sd-shapes run know left from right? A probe of where it draws, and of what its text encoder separates.
+
+1. Placement: for each probe prompt, 40 images (guidance 5, the run's sampler); ShapesEval's detector finds the red
+   objects, and the mean of their centers is printed (x from left to right, y from top to bottom, in [0, 1]).
+2. The text encoder (the run's frozen CLIP text tower): the distance between the output states of two prompts at
+   each token position from the first that differs, next to the states' norm, and the cosine similarity of the
+   token embeddings of the spatial words.
+
+    python benchmarks/probe_spatial.py RUN_DIR [--guidance 5] [-n 40]
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from minidiff.eval.shapeseval import as_uint8_images, detect
+from minidiff.recipes import load_run
+from minidiff.recipes_text import generate
+
+PLACES = ["a red circle on the left", "a red circle on the right", "a red circle at the top",
+          "a red circle at the bottom", "a red circle left of a blue square", "a red circle right of a blue square"]
+PAIRS = [("a red circle on the left", "a red circle on the right"), ("a red circle on the left", "a red circle at the top")]
+WORDS = ["left", "right", "top", "bottom"]
+
+
+@torch.no_grad()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("-n", type=int, default=40)
+    args = parser.parse_args()
+    model, sections = load_run(args.run_dir)
+
+    for prompt in PLACES:
+        images = generate(model, sections, [prompt] * args.n, seed=0, guidance_scale=args.guidance)
+        red = [(d.x, d.y) for image in as_uint8_images(images) for d in detect(image) if d.color == "red"]
+        x, y = np.mean(red, axis=0) if red else (float("nan"), float("nan"))
+        print(f"{prompt:40s} red objects found {len(red):3d}  mean x {x:.2f}  mean y {y:.2f}")
+
+    for a, b in PAIRS:
+        ids_a, ids_b = model.tokenizer([a, b], context_length=model.context_length)
+        states = model.encode_prompts([a, b])                                          # (2, L, D)
+        first = int((ids_a != ids_b).nonzero()[0])
+        distances = (states[0] - states[1]).norm(dim=-1)[first:first + 4]
+        print(f"{a!r} vs {b!r}: state distance at positions {first}..{first + 3}: "
+              f"{[round(d, 2) for d in distances.tolist()]} (state norm {states[0, first].norm():.2f})")
+
+    table = model.text_encoder.embeddings.token_embedding.weight
+    rows = table[[model.tokenizer.encode(w)[0] for w in WORDS]]                       # (4, D)
+    cosine = F.cosine_similarity(rows[:, None], rows[None], dim=-1)                    # (4, 4)
+    print("token embedding cosine similarity,", " ".join(WORDS))
+    for word, row in zip(WORDS, cosine.tolist()):
+        print(f"  {word:7s}", " ".join(f"{c:5.2f}" for c in row))
+
+
+if __name__ == "__main__":
+    main()
