@@ -81,6 +81,7 @@ class TextConfig:
     context_length: int = 32       # tokens per prompt, BOS and EOS included (the longest Shapes caption needs 19)
     p_uncond: float = 0.1          # chance a training caption is dropped, so guidance has an unconditional model
     hard_negatives: bool = False   # clip-shapes: each caption naming a place also trains against its left/right swap
+    train_encoder: bool = False    # sd-shapes: the diffusion loss fine-tunes the CLIP text tower with the U-Net
 
 
 @dataclass

@@ -5,8 +5,9 @@ holds what their runs do, in the order a run does it:
 
     clip-shapes:  captions ─ train a BPE tokenizer (OUT/tokenizer) ─ token ids ┐
                   images ──────────────────────────────────────────────────────┴─ contrastive training ─ CLIP
-    sd-shapes:    the CLIP run's text tower (frozen) + the vae-shapes run's autoencoder (frozen)
-                  captions ─ tokens ─ text encoder ─ contexts (B, L, D), computed once: the encoder never changes
+    sd-shapes:    the CLIP run's text tower (frozen, or fine-tuned: text.train_encoder) + the vae-shapes
+                  run's autoencoder (frozen)
+                  captions ─ tokens ─ text encoder ─ contexts (B, L, D), computed once if the encoder is frozen
                   images ─ encoder ─ scaled latents ─ diffusion loss of U-Net(z_t, t, context), 10% captions dropped
                   `minidiff eval` ─ ShapesEval: one image per prompt of the v1 suite, with classifier-free guidance
 
@@ -171,14 +172,18 @@ def train_text_run(sections: dict, run_config: dict, out: Path, resume: bool, pr
     model = build_text_model(sections, out, autoencoder_tensors(run_config), clip_text_tensors(run_config))
     images, captions = shapes_captions(sections["data"].train_examples, sections["autoencoder"].sample_size)
     latents = model.encode(images)                                                  # (N, C, h, w) scaled
-    contexts = encode_captions(model, captions)                                     # (N, L, D)
-    objective = ConditionalDiffusion(sections["diffusion"].build(), model.encode_prompts([""]),
-                                     p_uncond=sections["text"].p_uncond)
+    if sections["text"].train_encoder:        # the encoder learns with the U-Net: token ids, encoded every step
+        model.train_text_encoder()
+        conditions = model.tokenizer(captions, context_length=model.context_length)            # (N, L)
+        null_condition = model.tokenizer([""], context_length=model.context_length)            # (1, L)
+    else:                                     # frozen: every caption's context once
+        conditions, null_condition = encode_captions(model, captions), model.encode_prompts([""])  # (N, L, D)
+    objective = ConditionalDiffusion(sections["diffusion"].build(), null_condition, p_uncond=sections["text"].p_uncond)
 
     def on_sample(ema, step):
         save_prompt_grid(ema, sections, out / "samples" / f"step_{step:06d}.png")
 
-    _, ema, _ = train(model, objective, (latents, contexts), sections["train"], out, run_config, resume=resume,
+    _, ema, _ = train(model, objective, (latents, conditions), sections["train"], out, run_config, resume=resume,
                       on_sample=on_sample, progress=progress)
     save_prompt_grid(ema, sections, out / "samples.png")
 

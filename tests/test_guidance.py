@@ -96,7 +96,7 @@ def test_conditional_diffusion_loss_drops_contexts_and_trains_the_conditional_ne
         return torch.zeros_like(x_t) + context.mean(dim=(1, 2)).view(-1, 1, 1, 1)
 
     diffusion = GaussianDiffusion(NoiseSchedule.make("cosine", 100))
-    objective = ConditionalDiffusion(diffusion, null_context=torch.zeros(1, 2, 3), p_uncond=0.5)
+    objective = ConditionalDiffusion(diffusion, null_condition=torch.zeros(1, 2, 3), p_uncond=0.5)
     x0, context = torch.randn(64, 1, 4, 4), torch.ones(64, 2, 3)
     loss = objective.loss(net, (x0, context), torch.Generator().manual_seed(0))
     kept = seen[0].sum(dim=(1, 2)) != 0

@@ -153,3 +153,21 @@ def test_clip_with_hard_negatives_trains(tmp_path):
                  evaluate_after=False)
     assert json.loads((out / "config.json").read_text())["text"]["hard_negatives"] is True
     assert len(logged(out)) == 2 and all(r["loss"] > 0 for r in logged(out))
+
+
+def test_sd_with_a_trained_text_encoder_fine_tunes_it_and_resumes_exactly(tmp_path, sd_run, clip_run):
+    vae_dir = json.loads((sd_run / "config.json").read_text())["latent"]["autoencoder_run"]
+    common = TINY_SD + [f"latent.autoencoder_run={vae_dir}", f"text.clip_run={clip_run}", "text.train_encoder=true"]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    run_training("sd-shapes", whole, overrides=common, progress=False, evaluate_after=False)
+    sd, _ = load_checkpoint(whole / "checkpoint.safetensors")
+    clip, _ = load_checkpoint(clip_run / "checkpoint.safetensors")
+    text = unprefixed(unprefixed(clip, "ema"), "text_model")
+    tuned = unprefixed(unprefixed(sd, "model"), "text_encoder")
+    assert tuned.keys() == text.keys() and not all(torch.equal(tuned[k], text[k]) for k in text)
+    model, _ = load_run(whole)                        # sampling reads the fine-tuned encoder from the run
+    stored = unprefixed(unprefixed(sd, "ema"), "text_encoder")
+    assert all(torch.equal(v, stored[k]) for k, v in model.text_encoder.state_dict().items())
+    run_training("sd-shapes", part, overrides=common + ["steps=2"], progress=False, evaluate_after=False)
+    run_training("sd-shapes", part, overrides=["steps=4"], resume=True, progress=False, evaluate_after=False)
+    assert [r["loss"] for r in logged(part)] == [r["loss"] for r in logged(whole)]

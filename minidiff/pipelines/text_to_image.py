@@ -30,7 +30,8 @@ class TextToImage(LatentDiffusion):
 
     forward(z_t (B, C, h, w), t, context (B, L, D)) -> prediction (B, C, h, w): the network the diffusion loss
     trains. encode_prompts(list of str) -> context (B, L, D). generate(prompts, diffusion, ...) -> images.
-    Only the denoiser trains; the text encoder and autoencoder travel frozen in the same checkpoint.
+    Only the denoiser trains unless train_text_encoder() says otherwise; the autoencoder is always frozen. All
+    travel in the same checkpoint.
     """
 
     def __init__(self, denoiser: nn.Module, autoencoder: Autoencoder, text_encoder: nn.Module, tokenizer,
@@ -45,15 +46,22 @@ class TextToImage(LatentDiffusion):
         self.text_encoder.eval()
         return self
 
+    def train_text_encoder(self) -> "TextToImage":
+        """Let the diffusion loss fine-tune the text encoder too (its weights then differ from the CLIP run's)."""
+        self.text_encoder.requires_grad_(True)
+        return self
+
     def forward(self, z_t: torch.Tensor, t: torch.Tensor | int, context: torch.Tensor) -> torch.Tensor:
         return self.denoiser(z_t, t, context)
 
+    def encode_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, L) -> the text encoder's last hidden states (B, L, D), the context cross-attention reads."""
+        return self.text_encoder(ids.to(next(self.text_encoder.parameters()).device))[0]
+
     @torch.no_grad()
     def encode_prompts(self, prompts: str | list[str]) -> torch.Tensor:
-        """Prompts -> the text encoder's last hidden states (B, L, D), the context cross-attention reads."""
-        ids = self.tokenizer(prompts, context_length=self.context_length)           # (B, L)
-        device = next(self.text_encoder.parameters()).device
-        return self.text_encoder(ids.to(device))[0]                               # (B, L, D)
+        """Prompts -> contexts (B, L, D)."""
+        return self.encode_tokens(self.tokenizer(prompts, context_length=self.context_length))
 
     @torch.no_grad()
     def generate(self, prompts: str | list[str], diffusion: GaussianDiffusion, guidance_scale: float = 7.5,

@@ -87,15 +87,18 @@ def drop_condition(context: torch.Tensor, null_context: torch.Tensor, p_uncond: 
 class ConditionalDiffusion:
     """The diffusion loss of a text-conditional network, trained for guidance (Ho & Salimans, Algorithm 1).
 
-    loss(model, (x0 (B, ...), context (B, L, D)), generator): each example's context is replaced by null_context
-    with probability p_uncond, then the usual diffusion loss trains model(x_t, t, context). The training loop
-    calls it exactly as it calls GaussianDiffusion.loss on images alone.
+    loss(model, (x0 (B, ...), condition), generator): each example's condition is replaced by the null one with
+    probability p_uncond, then the usual diffusion loss trains model(x_t, t, context). The condition is either
+    the context itself (B, L, D), from a frozen text encoder computed once, or, when the text encoder trains with
+    the denoiser (as in latent diffusion's own text-to-image model), token ids (B, L) that model.encode_tokens
+    turns into the context at every step, so the diffusion loss reaches the encoder too.
     """
     diffusion: GaussianDiffusion
-    null_context: torch.Tensor            # (1, L, D): the text encoder's output for the empty prompt ""
+    null_condition: torch.Tensor          # (1, L, D) context, or (1, L) token ids, of the empty prompt ""
     p_uncond: float = 0.1                 # Stable Diffusion 1.5 dropped 10% of captions
 
     def loss(self, model, batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator | None = None):
-        x0, context = batch
-        context = drop_condition(context, self.null_context, self.p_uncond, generator)     # (B, L, D)
+        x0, condition = batch
+        condition = drop_condition(condition, self.null_condition, self.p_uncond, generator)
+        context = condition if condition.is_floating_point() else model.encode_tokens(condition)   # (B, L, D)
         return self.diffusion.loss(lambda x_t, t: model(x_t, t, context), x0, generator)
