@@ -2,7 +2,11 @@
 
 1. Placement: for each probe prompt, 40 images (guidance 5, the run's sampler); ShapesEval's detector finds the red
    objects, and the mean of their centers is printed (x from left to right, y from top to bottom, in [0, 1]).
-2. The text encoder (the run's frozen CLIP text tower): the distance between the output states of two prompts at
+2. Who decides the layout, the prompt or the starting noise? Every prompt above is drawn from the same n starting
+   noises (image i of each prompt starts from the same z_T). For "on the left" against "on the right", the
+   correlation across noises of the red object's x, and the share of noises where "left" lands left of "right".
+   A correlation near 1 and a share near 0.5: the noise sets the place and the words do not move it.
+3. The text encoder (the run's CLIP text tower, frozen or fine-tuned): the distance between the output states of two prompts at
    each token position from the first that differs, next to the states' norm, and the cosine similarity of the
    token embeddings of the spatial words.
 
@@ -35,11 +39,21 @@ def main() -> None:
     args = parser.parse_args()
     model, sections = load_run(args.run_dir)
 
+    first_red_x = {}
     for prompt in PLACES:
-        images = generate(model, sections, [prompt] * args.n, seed=0, guidance_scale=args.guidance)
-        red = [(d.x, d.y) for image in as_uint8_images(images) for d in detect(image) if d.color == "red"]
+        images = generate(model, sections, [prompt] * args.n, seed=0, guidance_scale=args.guidance)  # same noises
+        found = [[(d.x, d.y) for d in detect(image) if d.color == "red"] for image in as_uint8_images(images)]
+        red = [c for f in found for c in f]
         x, y = np.mean(red, axis=0) if red else (float("nan"), float("nan"))
+        first_red_x[prompt] = [f[0][0] if f else None for f in found]
         print(f"{prompt:40s} red objects found {len(red):3d}  mean x {x:.2f}  mean y {y:.2f}")
+
+    pairs = [(a, b) for a, b in zip(first_red_x["a red circle on the left"], first_red_x["a red circle on the right"])
+             if a is not None and b is not None]
+    if len(pairs) > 2:
+        left, right = np.array(pairs).T
+        print(f"same noise, 'on the left' vs 'on the right' ({len(pairs)} noises with both found): correlation of x "
+              f"{np.corrcoef(left, right)[0, 1]:.2f}, left lands left of right in {np.mean(left < right):.2f}")
 
     for a, b in PAIRS:
         ids_a, ids_b = model.tokenizer([a, b], context_length=model.context_length)
