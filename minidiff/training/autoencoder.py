@@ -158,7 +158,7 @@ def train_autoencoder(model: Autoencoder, data: torch.Tensor, loss: AutoencoderL
     data = data.to(device)
     logs, last_saved = [], start
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, unit="step", disable=not progress,
-               desc="train autoencoder", dynamic_ncols=True)
+               desc="train autoencoder", dynamic_ncols=True, mininterval=1.0)
     t0 = time.perf_counter()
     model.train()
     with open(log_path, "a") as log:

@@ -100,7 +100,7 @@ def end_step(step: int, record: dict, config: TrainConfig, log, bar, t0: float, 
         log.write(json.dumps({"step": step, **record, "lr": learning_rate(config, step),
                               "time_s": round(time.perf_counter() - t0, 3)}) + "\n")
         log.flush()
-        bar.set_postfix(loss=f"{record['loss']:.4f}")
+        bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
     done = step + 1
     saved = done % config.checkpoint_every == 0 or done == config.steps
     if saved:
@@ -150,7 +150,8 @@ def train(model: torch.nn.Module, diffusion: GaussianDiffusion, data: torch.Tens
     num_examples = (data[0] if isinstance(data, tuple) else data).shape[0]
     losses, last_saved = [], start
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, unit="step", disable=not progress,
-               desc="train", dynamic_ncols=True)
+               desc="train", dynamic_ncols=True, mininterval=1.0)   # one redraw a second: a notebook
+    # queues every redraw as a message until the cell ends, and a long cell would otherwise overflow the queue
     t0 = time.perf_counter()
     model.train()
     with open(log_path, "a") as log:
