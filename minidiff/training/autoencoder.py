@@ -30,14 +30,13 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from minidiff.models.autoencoder import Autoencoder
 from minidiff.models.discriminator import PatchDiscriminator
 from minidiff.training.checkpoint import (CHECKPOINT, load_checkpoint, load_optimizer_tensors, optimizer_tensors,
                                           prefixed, save_checkpoint, unprefixed)
 from minidiff.training.loop import (TrainConfig, TrainingError, _step_seed, ema_decay_at, end_step, learning_rate,
-                                    prepare_log, resolve_device, update_ema)
+                                    prepare_log, progress_bar, resolve_device, update_ema)
 
 PIXEL_LOSSES = ("l1", "l2")
 ADAPTIVE_WEIGHT_MAX = 1e4
@@ -157,8 +156,7 @@ def train_autoencoder(model: Autoencoder, data: torch.Tensor, loss: AutoencoderL
     distance = (lambda a, b: perceptual_distance(network, a, b)) if network is not None else perceptual
     data = data.to(device)
     logs, last_saved = [], start
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, unit="step", disable=not progress,
-               desc="train autoencoder", dynamic_ncols=True, mininterval=1.0)
+    bar = progress_bar(start, config, progress, "train autoencoder")
     t0 = time.perf_counter()
     model.train()
     with open(log_path, "a") as log:

@@ -92,6 +92,13 @@ def prepare_log(log_path: Path, resume_step: int | None) -> None:
         log_path.unlink()
 
 
+def progress_bar(start: int, config: TrainConfig, progress: bool, desc: str):
+    """The steps start..config.steps under a tqdm bar (disabled when not progress). One redraw a second at most: in
+    a notebook every redraw is a message that waits until the cell ends, and nbval fails a cell whose queue overflowed."""
+    return tqdm(range(start, config.steps), initial=start, total=config.steps, unit="step", disable=not progress,
+                desc=desc, dynamic_ncols=True, mininterval=1.0)
+
+
 def end_step(step: int, record: dict, config: TrainConfig, log, bar, t0: float, checkpoint: Callable[[int], None],
              on_sample: Callable | None, ema: torch.nn.Module) -> bool:
     """The bookkeeping that closes every step: a log line every log_every steps, a checkpoint every
@@ -149,9 +156,7 @@ def train(model: torch.nn.Module, diffusion: GaussianDiffusion, data: torch.Tens
     data = tuple(d.to(device) for d in data) if isinstance(data, tuple) else data.to(device)
     num_examples = (data[0] if isinstance(data, tuple) else data).shape[0]
     losses, last_saved = [], start
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, unit="step", disable=not progress,
-               desc="train", dynamic_ncols=True, mininterval=1.0)   # one redraw a second: a notebook
-    # queues every redraw as a message until the cell ends, and a long cell would otherwise overflow the queue
+    bar = progress_bar(start, config, progress, "train")
     t0 = time.perf_counter()
     model.train()
     with open(log_path, "a") as log:
