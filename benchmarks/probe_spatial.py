@@ -6,9 +6,13 @@
    noises (image i of each prompt starts from the same z_T). For "on the left" against "on the right", the
    correlation across noises of the red object's x, and the share of noises where "left" lands left of "right".
    A correlation near 1 and a share near 0.5: the noise sets the place and the words do not move it.
-3. The text encoder (the run's CLIP text tower, frozen or fine-tuned): the distance between the output states of two prompts at
-   each token position from the first that differs, next to the states' norm, and the cosine similarity of the
-   token embeddings of the spatial words.
+3. Relations: for "A <relation> B" with three pairs of named objects, n images each, the mean offset of B's center
+   from A's (dx to the right, dy downwards) over the images where both are found. A model that uses the relation
+   word puts B at dx > 0 for "left of", dx < 0 for "right of", dy > 0 for "above", dy < 0 for "below"; one that
+   ignores it gives about the same offset for all four.
+4. The text encoder (the run's CLIP text tower, frozen or fine-tuned): the distance between the output states of two
+   prompts at each token position from the first that differs, next to the states' norm, and the cosine similarity
+   of the token embeddings of the spatial words.
 
     python benchmarks/probe_spatial.py RUN_DIR [--guidance 5] [-n 40]
 """
@@ -20,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from minidiff.data.shapes import RELATIONS
 from minidiff.eval.shapeseval import as_uint8_images, detect
 from minidiff.recipes import load_run
 from minidiff.recipes_text import generate
@@ -28,6 +33,8 @@ PLACES = ["a red circle on the left", "a red circle on the right", "a red circle
           "a red circle at the bottom", "a red circle left of a blue square", "a red circle right of a blue square"]
 PAIRS = [("a red circle on the left", "a red circle on the right"), ("a red circle on the left", "a red circle at the top")]
 WORDS = ["left", "right", "top", "bottom"]
+RELATION_PAIRS = [(("red", "circle"), ("blue", "square")), (("green", "triangle"), ("yellow", "cross")),
+                  (("purple", "diamond"), ("red", "square"))]
 
 
 @torch.no_grad()
@@ -54,6 +61,21 @@ def main() -> None:
         left, right = np.array(pairs).T
         print(f"same noise, 'on the left' vs 'on the right' ({len(pairs)} noises with both found): correlation of x "
               f"{np.corrcoef(left, right)[0, 1]:.2f}, left lands left of right in {np.mean(left < right):.2f}")
+
+    for relation in RELATIONS:
+        offsets = []
+        for a, b in RELATION_PAIRS:
+            prompt = f"a {' '.join(a)} {relation} a {' '.join(b)}"
+            images = generate(model, sections, [prompt] * args.n, seed=0, guidance_scale=args.guidance)
+            for image in as_uint8_images(images):
+                found = detect(image)
+                first = [d for d in found if (d.color, d.shape) == a]
+                second = [d for d in found if (d.color, d.shape) == b]
+                if first and second:
+                    offsets.append((second[0].x - first[0].x, second[0].y - first[0].y))
+        dx, dy = np.mean(offsets, axis=0) if offsets else (float("nan"), float("nan"))
+        print(f"'A {relation} B': both found in {len(offsets)}/{len(RELATION_PAIRS) * args.n}, "
+              f"B's offset from A: mean dx {dx:+.3f}  mean dy {dy:+.3f}")
 
     for a, b in PAIRS:
         ids_a, ids_b = model.tokenizer([a, b], context_length=model.context_length)

@@ -65,6 +65,15 @@ class DataConfig:
     dataset: str = "digits"        # 'digits', 'shapes', or a 2D distribution: swiss_roll, two_moons, eight_gaussians
     num_points: int = 20000        # training points for 2D toys
     train_examples: int = 5000     # training scenes for 'shapes' (train split examples 0..train_examples-1)
+    category_weights: tuple[float, ...] | None = None   # 'shapes': how often each caption category is drawn, in the
+                                   # order of TRAIN_CATEGORIES (single, two, relation, counting, position); None: the
+                                   # Shapes world's default 0.25,0.25,0.2,0.15,0.15 (weights are normalised)
+
+    def shapes_options(self):
+        """The ShapesOptions these weights ask for, or None for the Shapes world's defaults."""
+        from minidiff.data.shapes_dataset import category_options
+
+        return category_options(self.category_weights)
 
 
 @dataclass
@@ -250,6 +259,13 @@ def validate(sections: dict, recipe: Recipe) -> None:
             raise ValueError(f"context_length={text.context_length} leaves no room for a word between BOS and EOS")
     if data.dataset == "shapes" and data.train_examples < 1:
         raise ValueError(f"train_examples={data.train_examples} must be at least 1")
+    if data.category_weights is not None:
+        from minidiff.data.shapes_dataset import TRAIN_CATEGORIES
+
+        weights = data.category_weights
+        if data.dataset != "shapes" or len(weights) != len(TRAIN_CATEGORIES) or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(f"category_weights={','.join(map(str, weights))}: give {len(TRAIN_CATEGORIES)} non-negative "
+                             f"weights, not all zero, for the Shapes categories {','.join(TRAIN_CATEGORIES)}")
     if hasattr(model, "block_channels"):
         factor, size = 2 ** (len(model.block_channels) - 1), model.sample_size
         network = "autoencoder" if recipe.kind == "autoencoder" else "U-Net"
@@ -281,7 +297,7 @@ def load_data(data: DataConfig, size: int = 16) -> torch.Tensor:
     if data.dataset == "digits":
         return digits_tensors("train", size)[0]
     if data.dataset == "shapes":
-        return shapes_tensors("train", data.train_examples, size)[0]
+        return shapes_tensors("train", data.train_examples, size, options=data.shapes_options())[0]
     return sample_2d(data.dataset, data.num_points, torch.Generator().manual_seed(1234))
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from minidiff.config import from_dict, to_dict
+from minidiff.data.shapes_dataset import category_options
 from minidiff.data.tokenizer import BPETokenizer
 from minidiff.models.clip import CLIP, CLIPConfig, CLIPTextConfig, CLIPTextEncoder, contrastive_loss, retrieval_accuracy
 from minidiff.training.checkpoint import CHECKPOINT, load_checkpoint, unprefixed
@@ -31,10 +32,10 @@ GRID_PROMPTS = ("a red circle", "a blue square", "a green triangle", "a yellow c
                 "a cyan circle on the left", "a red square above a blue circle", "two green triangles")
 
 
-def shapes_captions(n: int, size: int, split: str = "train") -> tuple[torch.Tensor, list[str]]:
+def shapes_captions(n: int, size: int, split: str = "train", options=None) -> tuple[torch.Tensor, list[str]]:
     from minidiff.data import shapes_tensors
 
-    return shapes_tensors(split, n, size)          # images (n, 3, S, S) in [-1, 1], one caption each
+    return shapes_tensors(split, n, size, options=options)   # images (n, 3, S, S) in [-1, 1], one caption each
 
 
 # ---------------------------------------------------------------------------- clip-shapes
@@ -70,7 +71,8 @@ class Contrastive:
 def attach_tokenizer(run_config: dict, out: Path) -> dict:
     """Train the run's BPE tokenizer on its training captions, save it in OUT/tokenizer, size the text tower to it."""
     text, data = run_config["text"], run_config["data"]
-    _, captions = shapes_captions(data["train_examples"], run_config["model"]["image"]["image_size"])
+    _, captions = shapes_captions(data["train_examples"], run_config["model"]["image"]["image_size"],
+                                  options=category_options(data.get("category_weights")))
     tokenizer = BPETokenizer.train(captions, vocab_size=text["vocab_size"])
     tokenizer.save(out / TOKENIZER)
     longest = max(len(tokenizer.encode(c)) for c in captions) + 2            # + BOS and EOS
@@ -86,7 +88,8 @@ def train_clip_run(sections: dict, run_config: dict, out: Path, resume: bool, pr
     from minidiff.training.loop import train
 
     config: CLIPConfig = sections["model"]
-    images, captions = shapes_captions(sections["data"].train_examples, config.image.image_size)
+    images, captions = shapes_captions(sections["data"].train_examples, config.image.image_size,
+                                       options=sections["data"].shapes_options())
     tokenizer = BPETokenizer.from_folder(out / TOKENIZER)
     input_ids = tokenizer(captions, context_length=config.text.context_length)        # (N, L)
     data = (images, input_ids)
@@ -170,7 +173,8 @@ def train_text_run(sections: dict, run_config: dict, out: Path, resume: bool, pr
     from minidiff.training.loop import train
 
     model = build_text_model(sections, out, autoencoder_tensors(run_config), clip_text_tensors(run_config))
-    images, captions = shapes_captions(sections["data"].train_examples, sections["autoencoder"].sample_size)
+    images, captions = shapes_captions(sections["data"].train_examples, sections["autoencoder"].sample_size,
+                                       options=sections["data"].shapes_options())
     latents = model.encode(images)                                                  # (N, C, h, w) scaled
     if sections["text"].train_encoder:        # the encoder learns with the U-Net: token ids, encoded every step
         model.train_text_encoder()

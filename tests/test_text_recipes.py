@@ -171,3 +171,32 @@ def test_sd_with_a_trained_text_encoder_fine_tunes_it_and_resumes_exactly(tmp_pa
     run_training("sd-shapes", part, overrides=common + ["steps=2"], progress=False, evaluate_after=False)
     run_training("sd-shapes", part, overrides=["steps=4"], resume=True, progress=False, evaluate_after=False)
     assert [r["loss"] for r in logged(part)] == [r["loss"] for r in logged(whole)]
+
+
+def test_category_weights_choose_the_captions_both_runs_train_on(tmp_path, sd_run, clip_run, monkeypatch):
+    import minidiff.data as data
+    from minidiff.data.shapes_dataset import make_example
+    seen, real = [], data.shapes_tensors
+
+    def spy(split="train", n=1000, size=32, seed=0, options=None):
+        seen.append((split, options))
+        return real(split, n, size, seed, options)
+
+    monkeypatch.setattr(data, "shapes_tensors", spy)
+    only_relations = ["category_weights=0,0,1,0,0", "steps=2"]
+    run_training("clip-shapes", tmp_path / "clip", overrides=TINY_CLIP + only_relations, progress=False,
+                 evaluate_after=False)
+    vae_dir = json.loads((sd_run / "config.json").read_text())["latent"]["autoencoder_run"]
+    run_training("sd-shapes", tmp_path / "sd", progress=False, evaluate_after=False, overrides=TINY_SD + only_relations
+                 + [f"latent.autoencoder_run={vae_dir}", f"text.clip_run={clip_run}"])
+    train_options = [options for split, options in seen if split == "train"]
+    assert len(train_options) == 3                       # the tokenizer's captions, CLIP's scenes, the U-Net's scenes
+    for options in train_options:
+        assert [make_example("train", i, 32, options=options)["category"] for i in range(20)] == ["spatial_relation"] * 20
+    assert json.loads((tmp_path / "sd" / "config.json").read_text())["data"]["category_weights"] == [0, 0, 1, 0, 0]
+
+
+@pytest.mark.parametrize("weights", ["0,0,1,0", "0,0,0,0,0", "1,1,-1,1,1"])
+def test_bad_category_weights_are_refused(tmp_path, weights):
+    with pytest.raises(ValueError, match="non-negative weights, not all zero, for the Shapes categories"):
+        run_training("sd-shapes", tmp_path / "x", overrides=[f"category_weights={weights}"], progress=False)

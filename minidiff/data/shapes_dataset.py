@@ -42,6 +42,11 @@ class ShapesOptions:
     original_scale: tuple[float, float] = (1.0, 1.0)   # render at size * U(lo, hi), then crop (>1) or upscale (<1)
 
 
+def category_options(weights=None) -> ShapesOptions | None:
+    """ShapesOptions drawing the TRAIN_CATEGORIES with these weights (in that order), or None (the defaults)."""
+    return None if weights is None else ShapesOptions(categories=dict(zip(TRAIN_CATEGORIES, weights)))
+
+
 def check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"unknown Shapes split {split!r}; choose one of {', '.join(SPLITS)}")
