@@ -69,12 +69,6 @@ class DataConfig:
                                    # order of TRAIN_CATEGORIES (single, two, relation, counting, position); None: the
                                    # Shapes world's default 0.25,0.25,0.2,0.15,0.15 (weights are normalised)
 
-    def shapes_options(self):
-        """The ShapesOptions these weights ask for, or None for the Shapes world's defaults."""
-        from minidiff.data.shapes_dataset import category_options
-
-        return category_options(self.category_weights)
-
 
 @dataclass
 class LatentConfig:
@@ -263,7 +257,10 @@ def validate(sections: dict, recipe: Recipe) -> None:
         from minidiff.data.shapes_dataset import TRAIN_CATEGORIES
 
         weights = data.category_weights
-        if data.dataset != "shapes" or len(weights) != len(TRAIN_CATEGORIES) or min(weights) < 0 or sum(weights) <= 0:
+        if data.dataset != "shapes":
+            raise ValueError(f"category_weights chooses Shapes caption categories; recipe {recipe.name} trains on "
+                             f"{data.dataset}, so drop it")
+        if len(weights) != len(TRAIN_CATEGORIES) or min(weights) < 0 or sum(weights) <= 0:
             raise ValueError(f"category_weights={','.join(map(str, weights))}: give {len(TRAIN_CATEGORIES)} non-negative "
                              f"weights, not all zero, for the Shapes categories {','.join(TRAIN_CATEGORIES)}")
     if hasattr(model, "block_channels"):
@@ -293,11 +290,12 @@ def recipe_of(run_config: dict) -> Recipe:
 def load_data(data: DataConfig, size: int = 16) -> torch.Tensor:
     """Training data as a tensor: images (N, C, size, size) in [-1, 1], or 2D points (N, 2)."""
     from minidiff.data import digits_tensors, sample_2d, shapes_tensors
+    from minidiff.data.shapes_dataset import category_options
 
     if data.dataset == "digits":
         return digits_tensors("train", size)[0]
     if data.dataset == "shapes":
-        return shapes_tensors("train", data.train_examples, size, options=data.shapes_options())[0]
+        return shapes_tensors("train", data.train_examples, size, options=category_options(data.category_weights))[0]
     return sample_2d(data.dataset, data.num_points, torch.Generator().manual_seed(1234))
 
 

@@ -89,7 +89,7 @@ def train_clip_run(sections: dict, run_config: dict, out: Path, resume: bool, pr
 
     config: CLIPConfig = sections["model"]
     images, captions = shapes_captions(sections["data"].train_examples, config.image.image_size,
-                                       options=sections["data"].shapes_options())
+                                       options=category_options(sections["data"].category_weights))
     tokenizer = BPETokenizer.from_folder(out / TOKENIZER)
     input_ids = tokenizer(captions, context_length=config.text.context_length)        # (N, L)
     data = (images, input_ids)
@@ -174,7 +174,7 @@ def train_text_run(sections: dict, run_config: dict, out: Path, resume: bool, pr
 
     model = build_text_model(sections, out, autoencoder_tensors(run_config), clip_text_tensors(run_config))
     images, captions = shapes_captions(sections["data"].train_examples, sections["autoencoder"].sample_size,
-                                       options=sections["data"].shapes_options())
+                                       options=category_options(sections["data"].category_weights))
     latents = model.encode(images)                                                  # (N, C, h, w) scaled
     if sections["text"].train_encoder:        # the encoder learns with the U-Net: token ids, encoded every step
         model.train_text_encoder()

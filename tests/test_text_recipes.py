@@ -200,3 +200,8 @@ def test_category_weights_choose_the_captions_both_runs_train_on(tmp_path, sd_ru
 def test_bad_category_weights_are_refused(tmp_path, weights):
     with pytest.raises(ValueError, match="non-negative weights, not all zero, for the Shapes categories"):
         run_training("sd-shapes", tmp_path / "x", overrides=[f"category_weights={weights}"], progress=False)
+
+
+def test_category_weights_outside_shapes_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="recipe ddpm-digits trains on digits, so drop it"):
+        run_training("ddpm-digits", tmp_path / "x", overrides=["category_weights=1,1,1,1,1"], progress=False)
