@@ -47,6 +47,8 @@ def main() -> None:
     parser.add_argument("--guidance", nargs="+", type=float, default=[1.0, 2.0, 3.0, 5.0, 7.5])
     parser.add_argument("-n", type=int, default=1000, help="images per Frechet distance")
     parser.add_argument("--json", help="append results to this JSON-lines file")
+    parser.add_argument("--heldout", action="store_true",
+                        help="also score the v1-heldout suite (color-shape pairs training never shows) per scale")
     args = parser.parse_args()
 
     out = Path(args.out)
@@ -72,6 +74,7 @@ def main() -> None:
         t0 = time.perf_counter()
         shapes_eval = text_metrics(model, sections, guidance_scale=scale)
         eval_s = time.perf_counter() - t0
+        heldout = text_metrics(model, sections, suite="v1-heldout", guidance_scale=scale) if args.heldout else None
         images = torch.cat([generate(model, sections, captions[i:i + 100], seed=i, guidance_scale=scale)
                             for i in range(0, args.n, 100)])
         fd = shapes_frechet(images)
@@ -79,6 +82,7 @@ def main() -> None:
                "train_steps": sections["train"].steps, **times,
                "shapeseval": shapes_eval["categories"], "shapeseval_overall": shapes_eval["overall"],
                "shapeseval_wall_s": round(eval_s, 1), "frechet": round(fd["frechet"], 3),
+               **({"heldout": heldout["categories"], "heldout_overall": heldout["overall"]} if heldout else {}),
                "real_frechet": round(fd["real_frechet"], 3), "frechet_ratio": round(fd["frechet_ratio"], 3),
                "clip_retrieval": {k: round(v, 4) for k, v in clip_metrics.items() if k.startswith("retrieval_")
                                   and isinstance(v, float)},

@@ -49,32 +49,48 @@ def field_types(config_cls) -> dict[str, Any]:
 
 
 def apply_overrides(sections: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `key=value` or `section.key=value` strings to named dataclass instances; returns new instances.
+    """Apply `key=value`, `section.key=value` or `section.sub.key=value` strings to named dataclass instances.
 
-    sections: e.g. {"model": UNetConfig(...), "train": TrainConfig(...)}. A bare key must belong to
-    exactly one section.
+    sections: e.g. {"model": UNetConfig(...), "train": TrainConfig(...)}; returns new instances. A bare key must
+    belong to exactly one section; a dotted path walks into nested configs (CLIP's `model.text.causal=false`).
     """
-    changes: dict[str, dict[str, Any]] = {name: {} for name in sections}
+    changes: dict[str, dict[str, Any]] = {name: {} for name in sections}   # nested: {field: value or {field: ...}}
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not key=value; write it as e.g. lr=1e-3")
         key, text = item.split("=", 1)
         if "." in key:
-            section, name = key.split(".", 1)
+            section, *path = key.split(".")
             if section not in sections:
                 raise ValueError(f"unknown config section {section!r} in {item!r}; sections are {', '.join(sections)}")
-            owners = [section] if name in field_types(type(sections[section])) else []
+            owners = [section] if _has_path(sections[section], path) else []
         else:
-            name = key
-            owners = [s for s, cfg in sections.items() if name in field_types(type(cfg))]
+            path = [key]
+            owners = [s for s, cfg in sections.items() if key in field_types(type(cfg))]
         if not owners:
             known = sorted({f"{s}.{k}" for s, cfg in sections.items() for k in field_types(type(cfg))})
             raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(known)}")
         if len(owners) > 1:
-            raise ValueError(f"config key {key!r} is ambiguous; write one of {', '.join(f'{o}.{name}' for o in owners)}")
-        section = owners[0]
-        changes[section][name] = _parse(text, field_types(type(sections[section]))[name], key)
-    return {s: dataclasses.replace(cfg, **changes[s]) for s, cfg in sections.items()}
+            raise ValueError(f"config key {key!r} is ambiguous; write one of {', '.join(f'{o}.{key}' for o in owners)}")
+        config, target = sections[owners[0]], changes[owners[0]]
+        for name in path[:-1]:
+            config, target = getattr(config, name), target.setdefault(name, {})
+        target[path[-1]] = _parse(text, field_types(type(config))[path[-1]], key)
+    return {s: _replace(cfg, changes[s]) for s, cfg in sections.items()}
+
+
+def _has_path(config, path: list[str]) -> bool:
+    for name in path:
+        if not dataclasses.is_dataclass(config) or name not in field_types(type(config)):
+            return False
+        config = getattr(config, name)
+    return True
+
+
+def _replace(config, changes: dict[str, Any]):
+    """One dataclasses.replace per config, nested configs first, so that validation sees all changes together."""
+    nested = {k: _replace(getattr(config, k), v) for k, v in changes.items() if isinstance(v, dict)}
+    return dataclasses.replace(config, **{**changes, **nested}) if changes else config
 
 
 def to_dict(config) -> dict:

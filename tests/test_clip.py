@@ -59,6 +59,23 @@ def test_causal_mask_earlier_positions_do_not_see_later_tokens():
     assert (before[:, 6:] - after[:, 6:]).abs().amax(dim=-1).min() > 1e-3   # positions 6.. all can
 
 
+
+def test_without_the_causal_mask_every_position_sees_every_token():
+    model = text_encoder(causal=False)
+    ids = token_ids([10, 10])
+    changed = ids.clone()
+    changed[:, 6] = (changed[:, 6] - 3 + 1) % (VOCAB - 5) + 3
+    with torch.no_grad():
+        before, _ = model(ids)
+        after, _ = model(changed)
+    assert (before - after).abs().amax(dim=-1).min() > 1e-3      # position 0 too reads what comes after it
+    padded = ids.clone()
+    padded[:, 11] = 7                                             # something else after EOS (at 10)
+    with torch.no_grad():
+        last, pooled = model(padded)
+    torch.testing.assert_close(last[:, :11], before[:, :11])      # padding is masked out of every token's view
+    torch.testing.assert_close(pooled, model(ids)[1])
+
 def test_pooled_is_the_final_hidden_state_at_the_first_eos():
     model = text_encoder()
     ids = token_ids([2, 5, 11])                # padded with EOS, as SD's tokenizer does: the first EOS counts
@@ -149,6 +166,22 @@ def test_image_encoder_shapes_and_errors():
     with pytest.raises(ValueError, match="not divisible by patch_size 5"):
         CLIPImageConfig(patch_size=5)
 
+
+
+def test_sincos_image_positions_are_fixed_row_and_column_features():
+    model = CLIPImageEncoder(CLIPImageConfig(position_embedding="sincos"))
+    positions = model.embeddings.position_embedding                                      # (1 + 64, 64)
+    assert positions.shape == (65, 64) and not positions.requires_grad
+    assert "embeddings.position_embedding" not in model.state_dict()                     # fixed, not saved
+    assert positions[0].abs().max() == 0                                                 # the class token
+    grid = positions[1:].reshape(8, 8, 64)                                               # (row, column, D)
+    assert torch.equal(grid[2, 5, :32], grid[2, 0, :32]) and torch.equal(grid[2, 5, 32:], grid[0, 5, 32:])
+    assert torch.equal(grid[2, 5, :32], grid[5, 2, 32:])                                 # same features per axis
+    torch.testing.assert_close(grid.norm(dim=-1), torch.ones(8, 8))
+    distinct = torch.cdist(positions[1:], positions[1:]) + torch.eye(64)
+    assert distinct.min() > 0.05                                                         # every patch its own
+    with pytest.raises(ValueError, match="position_embedding='rope' is unknown"):
+        CLIPImageConfig(position_embedding="rope")
 
 def test_clip_outputs_and_the_initial_temperature():
     torch.manual_seed(0)

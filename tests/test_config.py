@@ -38,10 +38,32 @@ def test_bad_overrides(item, message):
         apply_overrides({"a": A(), "b": B()}, [item])
 
 
+def test_overrides_are_validated_together():
+    """Fewer levels and an attention level that fits them: each alone would be refused by UNetConfig's checks."""
+    out = apply_overrides({"model": UNetConfig.toy()}, ["block_channels=8,16", "attention_levels=1"])["model"]
+    assert out.block_channels == (8, 16) and out.attention_levels == (1,)
+
+
 def test_section_prefix_resolves_ambiguity():
     out = apply_overrides({"a": A(), "b": B()}, ["b.steps=9"])
     assert out["b"].steps == 9 and out["a"].steps == 3
 
+
+
+@dataclass
+class Outer:
+    inner: A = None
+    width: int = 4
+
+
+def test_dotted_paths_reach_nested_configs():
+    out = apply_overrides({"m": Outer(A())}, ["m.inner.steps=7", "m.width=8"])["m"]
+    assert out.inner.steps == 7 and out.inner.lr == 1.0 and out.width == 8
+    with pytest.raises(ValueError, match="unknown config key 'm.inner.nope'"):
+        apply_overrides({"m": Outer(A())}, ["m.inner.nope=1"])
+    with pytest.raises(ValueError, match="cannot be set from the command line"):
+        apply_overrides({"m": Outer(A())}, ["m.inner=1"])
+    assert make_run_config("clip-shapes", overrides=["model.text.causal=false"])["model"]["text"]["causal"] is False
 
 def test_json_round_trip():
     config = UNetConfig.toy(block_channels=(16, 32), attention_levels=(1,))

@@ -147,12 +147,19 @@ def test_bad_text_settings_are_refused(tmp_path):
         run_training("clip-shapes", tmp_path / "y", overrides=TINY_CLIP + ["context_length=6"], progress=False)
 
 
-def test_clip_with_hard_negatives_trains(tmp_path):
-    out = tmp_path / "clip"
-    run_training("clip-shapes", out, overrides=TINY_CLIP + ["hard_negatives=true", "steps=2"], progress=False,
-                 evaluate_after=False)
-    assert json.loads((out / "config.json").read_text())["text"]["hard_negatives"] is True
+def test_clip_recipe_defaults_and_the_first_recipes_settings(tmp_path, clip_run):
+    config = json.loads((clip_run / "config.json").read_text())          # the recipe: hard negatives, fixed positions
+    assert config["text"]["hard_negatives"] is True and config["model"]["image"]["position_embedding"] == "sincos"
+    clip, _ = load_run(clip_run)
+    assert "vision_model.embeddings.position_embedding" not in dict(clip.named_parameters())
+    out = tmp_path / "clip"             # the first recipe's CLIP: random batches only, learned image positions
+    run_training("clip-shapes", out, progress=False, evaluate_after=False,
+                 overrides=TINY_CLIP + ["hard_negatives=false", "model.image.position_embedding=learned", "steps=2"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["text"]["hard_negatives"] is False and config["model"]["image"]["position_embedding"] == "learned"
     assert len(logged(out)) == 2 and all(r["loss"] > 0 for r in logged(out))
+    clip, _ = load_run(out)
+    assert "vision_model.embeddings.position_embedding" in dict(clip.named_parameters())
 
 
 def test_sd_with_a_trained_text_encoder_fine_tunes_it_and_resumes_exactly(tmp_path, sd_run, clip_run):

@@ -34,6 +34,7 @@ from torch import nn
 
 ACTIVATIONS = ("quick_gelu", "gelu")
 POOLING_RULES = ("first_eos", "argmax")
+IMAGE_POSITIONS = ("learned", "sincos")
 
 
 @dataclass
@@ -50,6 +51,8 @@ class CLIPTextConfig:
     pooling: str = "first_eos"              # 'first_eos': first position equal to eos_token_id;
                                             # 'argmax': position of the largest id (OpenAI's rule)
     projection_dim: int | None = None       # a linear map (no bias) applied to `pooled`; None: none
+    causal: bool = True                     # CLIP's mask: token i sees tokens <= i; False: every token sees all
+                                            # tokens up to EOS (bidirectional, as T5's encoder)
 
     def __post_init__(self):
         _check_transformer(self, "text")
@@ -82,9 +85,14 @@ class CLIPImageConfig:
     mlp_width: int = 256
     activation: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
+    position_embedding: str = "learned"     # 'learned' (CLIP) or 'sincos': fixed 2D sin-cos features of (row, column)
 
     def __post_init__(self):
         _check_transformer(self, "image")
+        if self.position_embedding not in IMAGE_POSITIONS:
+            raise ValueError(f"position_embedding={self.position_embedding!r} is unknown; use one of {IMAGE_POSITIONS}")
+        if self.position_embedding == "sincos" and self.width % 4:
+            raise ValueError(f"sincos positions split width {self.width} into 4 parts; pick a width divisible by 4")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}; "
                              f"pick a patch size that divides it")
@@ -113,8 +121,12 @@ class CLIPConfig:
 
     @classmethod
     def toy(cls, **overrides) -> "CLIPConfig":
-        """Shapes images (32x32) and captions on a CPU: two 2-layer towers of width 64, 64-d shared space."""
-        return cls(**overrides)
+        """Shapes images (32x32) and captions on a CPU: two 2-layer towers of width 64, 64-d shared space.
+
+        The image tower takes fixed sin-cos positions: with CLIP's learned ones, a 1,500-step run learned rows and
+        not columns (it hardly told an image from its mirror image), so its text tower never told "left" from
+        "right" (benchmarks/probe_clip_spatial.py; Chapter 3, section 7)."""
+        return cls(**{"image": CLIPImageConfig(position_embedding="sincos"), **overrides})
 
 
 def _check_transformer(config, tower: str) -> None:
@@ -143,10 +155,12 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(width, width)
         self.out_proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """keep (B, L) bool, optional: the keys each row may attend to (False: padding, never read)."""
         q, k, v = (rearrange(proj(x), "B L (heads d) -> B heads L d", heads=self.heads)
                    for proj in (self.q_proj, self.k_proj, self.v_proj))              # (B, heads, L, head_dim)
-        h = F.scaled_dot_product_attention(q, k, v, is_causal=causal)                 # (B, heads, L, head_dim)
+        mask = None if keep is None else keep[:, None, None, :]                       # (B, 1, 1, L)
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)  # (B, heads, L, head_dim)
         return self.out_proj(rearrange(h, "B heads L d -> B L (heads d)"))            # (B, L, D)
 
 
@@ -178,8 +192,8 @@ class EncoderLayer(nn.Module):
         self.layer_norm2 = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
         self.mlp = MLP(config.width, config.mlp_width, config.activation)
 
-    def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x), causal)
+    def forward(self, x: torch.Tensor, causal: bool, keep: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x), causal, keep)
         return x + self.mlp(self.layer_norm2(x))
 
 
@@ -190,9 +204,9 @@ class Encoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.layers))
 
-    def forward(self, x: torch.Tensor, causal: bool, skip_last: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool, skip_last: int = 0, keep: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self.layers[: len(self.layers) - skip_last]:
-            x = layer(x, causal)                                                       # (B, L, D)
+            x = layer(x, causal, keep)                                                 # (B, L, D)
         return x
 
 
@@ -248,10 +262,14 @@ class CLIPTextEncoder(nn.Module):
                              f"{tuple(input_ids.shape)}; tokenize with max_length={self.config.context_length}")
         if not 0 <= clip_skip < self.config.layers:
             raise ValueError(f"clip_skip={clip_skip} is out of range; use 0..{self.config.layers - 1}")
+        eos = self.pooled_positions(input_ids)                                           # (B,)
+        # Causal: padding after EOS is never read by the tokens before it. Bidirectional: mask it out explicitly.
+        keep = None if self.config.causal else (torch.arange(input_ids.shape[1], device=input_ids.device)
+                                                <= eos[:, None])                         # (B, L)
         x = self.embeddings(input_ids)                                                   # (B, L, D)
-        x = self.encoder(x, causal=True, skip_last=clip_skip)                            # (B, L, D)
+        x = self.encoder(x, self.config.causal, skip_last=clip_skip, keep=keep)          # (B, L, D)
         x = self.final_layer_norm(x)
-        pooled = x[torch.arange(x.shape[0], device=x.device), self.pooled_positions(input_ids)]   # (B, D)
+        pooled = x[torch.arange(x.shape[0], device=x.device), eos]                       # (B, D)
         if self.text_projection is not None:
             pooled = self.text_projection(pooled)                                        # (B, projection_dim)
         return x, pooled
@@ -261,7 +279,11 @@ class CLIPTextEncoder(nn.Module):
 
 
 class ImageEmbeddings(nn.Module):
-    """images (B, C, H, W) -> [class token, one token per p x p patch] + learned positions (B, 1 + N, D)."""
+    """images (B, C, H, W) -> [class token, one token per p x p patch] + positions (B, 1 + N, D).
+
+    Positions are CLIP's learned vectors, or (position_embedding='sincos') fixed: the first half of the width holds
+    sinusoidal features of the patch's row, the second half of its column, zero for the class token, so that from
+    the first step "where" is a smooth, linear feature of every patch token, as in MAE (He et al. 2021)."""
 
     def __init__(self, config: CLIPImageConfig):
         super().__init__()
@@ -269,12 +291,28 @@ class ImageEmbeddings(nn.Module):
         self.class_embedding = nn.Parameter(scale * torch.randn(config.width))
         self.patch_embedding = nn.Conv2d(config.in_channels, config.width, config.patch_size,
                                          stride=config.patch_size, bias=False)
-        self.position_embedding = nn.Parameter(scale * torch.randn(1 + config.num_patches, config.width))
+        if config.position_embedding == "learned":
+            self.position_embedding = nn.Parameter(scale * torch.randn(1 + config.num_patches, config.width))
+        else:
+            self.register_buffer("position_embedding", grid_sincos(config.image_size // config.patch_size,
+                                                                    config.width), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         patches = rearrange(self.patch_embedding(images), "B D h w -> B (h w) D")      # (B, N, D)
         cls = self.class_embedding.expand(patches.shape[0], 1, -1)                       # (B, 1, D)
         return torch.cat([cls, patches], dim=1) + self.position_embedding               # (B, 1 + N, D)
+
+
+def grid_sincos(side: int, width: int) -> torch.Tensor:
+    """(1 + side^2, width): a zero row for the class token, then per patch (row-major) sin-cos features of its row
+    (first width/2 channels) and of its column (last width/2), scaled to unit norm."""
+    from minidiff.blocks.embeddings import sinusoidal_embedding
+
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")    # (side, side) each
+    features = torch.cat([sinusoidal_embedding(rows.flatten(), width // 2, freq_shift=0, max_period=side * 4),
+                          sinusoidal_embedding(cols.flatten(), width // 2, freq_shift=0, max_period=side * 4)], dim=1)
+    features = features * (2 / width) ** 0.5          # unit norm, as the learned positions' scale at initialisation
+    return torch.cat([torch.zeros(1, width), features])                                 # (1 + side^2, width)
 
 
 class CLIPImageEncoder(nn.Module):
