@@ -5,6 +5,7 @@ Paper: Radford et al. 2021, Learning Transferable Visual Models From Natural Lan
 2020, arXiv:2010.11929) with CLIP's extra LayerNorm before the layers.
 
     input_ids (B, L) ─ token + position embeddings ─ [pre-LN causal layer] x N ─ final LN ─ (B, L, D)
+                                  (causal=False: bidirectional, padding after EOS masked)
                                                             pooled: the row at the end-of-text token ─ (B, D)
     images (B, 3, H, W) ─ patches + class token + positions ─ LN ─ [pre-LN layer] x N ─ LN(class token) ─ (B, D)
     both ─ linear projection ─ (B, E) ─ L2-normalise ─ cosine similarities x exp(t) ─ symmetric cross-entropy
@@ -31,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+
+from minidiff.blocks.embeddings import sinusoidal_embedding
 
 ACTIVATIONS = ("quick_gelu", "gelu")
 POOLING_RULES = ("first_eos", "argmax")
@@ -204,7 +207,8 @@ class Encoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.layers))
 
-    def forward(self, x: torch.Tensor, causal: bool, skip_last: int = 0, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool, skip_last: int = 0,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self.layers[: len(self.layers) - skip_last]:
             x = layer(x, causal, keep)                                                 # (B, L, D)
         return x
@@ -305,9 +309,8 @@ class ImageEmbeddings(nn.Module):
 
 def grid_sincos(side: int, width: int) -> torch.Tensor:
     """(1 + side^2, width): a zero row for the class token, then per patch (row-major) sin-cos features of its row
-    (first width/2 channels) and of its column (last width/2), scaled to unit norm."""
-    from minidiff.blocks.embeddings import sinusoidal_embedding
-
+    (first width/2 channels) and of its column (last width/2), at angular frequencies from 1 down to 1 / (4 * side)
+    per patch, scaled to unit norm."""
     rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")    # (side, side) each
     features = torch.cat([sinusoidal_embedding(rows.flatten(), width // 2, freq_shift=0, max_period=side * 4),
                           sinusoidal_embedding(cols.flatten(), width // 2, freq_shift=0, max_period=side * 4)], dim=1)
