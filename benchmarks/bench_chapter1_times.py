@@ -50,7 +50,7 @@ def main() -> None:
     ]
     if not args.skip_notebook:
         commands.append(f"{py} {ROOT}/benchmarks/bench_notebook.py {ROOT}/notebooks/01_ddpm.ipynb"
-                        + (f" --save {args.save_notebook}" if args.save_notebook else ""))
+                        + (f" --save {Path(args.save_notebook).resolve()}" if args.save_notebook else ""))
     rows = []
     for command in commands:
         seconds = timed(command, work)

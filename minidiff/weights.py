@@ -68,9 +68,13 @@ def _unet_fields(config: dict, attention_prefix: str) -> dict:
     Down block i works at level i; diffusers' up_block_types[i] works at level n-1-i (the up path lists levels in
     reverse). A block type starting with `attention_prefix` ("Attn" or "CrossAttn") has attention."""
     for key, expected in [("time_embedding_type", "positional"), ("center_input_sample", False), ("act_fn", "silu"),
-                          ("resnet_time_scale_shift", "default"), ("class_embed_type", None),
+                          ("class_embed_type", None),
                           ("num_class_embeds", None), ("mid_block_scale_factor", 1), ("time_embedding_dim", None)]:
         _require(config, key, expected, expected)
+    scale_shift = config.get("resnet_time_scale_shift", "default")
+    if scale_shift not in ("default", "scale_shift"):
+        raise PretrainedError(f"diffusers config has resnet_time_scale_shift={scale_shift!r}, which minidiff's U-Net "
+                              f"does not support (it needs 'default' or 'scale_shift')")
     down, up, n = config["down_block_types"], config["up_block_types"], len(config["block_out_channels"])
     return dict(
         block_channels=tuple(config["block_out_channels"]),
@@ -80,6 +84,7 @@ def _unet_fields(config: dict, attention_prefix: str) -> dict:
         norm_groups=config.get("norm_num_groups", 32),
         norm_eps=config.get("norm_eps", 1e-5),
         dropout=config.get("dropout", 0.0),
+        time_scale_shift=scale_shift == "scale_shift",
         flip_sin_to_cos=config.get("flip_sin_to_cos", True),
         freq_shift=config.get("freq_shift", 0),
         downsample_padding=config.get("downsample_padding", 1),
@@ -92,7 +97,15 @@ def unet_config_from_diffusers(config: dict) -> UNetConfig:
     _require(config, "mid_block_type", "UNetMidBlock2D", "UNetMidBlock2D")
     _require(config, "downsample_type", "conv", "conv")
     _require(config, "upsample_type", "conv", "conv")
-    _require(config, "attn_norm_num_groups", None, None)  # GroupNorm weights have the same shape for any groups
+    # The middle block's attention normalises with norm_num_groups groups, as minidiff's does, when
+    # attn_norm_num_groups is None, except that with resnet_time_scale_shift="scale_shift" diffusers then leaves that
+    # GroupNorm out. A different group count would load (GroupNorm weights have the same shape for any count) and
+    # compute something else, so only norm_num_groups itself is taken, and it is required with scale_shift.
+    groups = config.get("norm_num_groups", 32)
+    if config.get("resnet_time_scale_shift") == "scale_shift":
+        _require(config, "attn_norm_num_groups", groups, None)
+    elif config.get("attn_norm_num_groups") not in (None, groups):
+        _require(config, "attn_norm_num_groups", None, None)
     down, up = config["down_block_types"], config["up_block_types"]
     known_down, known_up = {"DownBlock2D", "AttnDownBlock2D"}, {"UpBlock2D", "AttnUpBlock2D"}
     if set(down) - known_down or set(up) - known_up:

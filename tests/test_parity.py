@@ -50,6 +50,12 @@ CONFIGS = {
                           down_block_types=("AttnDownBlock2D", "AttnDownBlock2D"),
                           up_block_types=("AttnUpBlock2D", "AttnUpBlock2D"),
                           norm_num_groups=4, attention_head_dim=8, downsample_padding=0),
+    # ADM's AdaGN: the timestep scales and shifts the second GroupNorm of every ResBlock (time_scale_shift=True)
+    "scale-shift": dict(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(16, 32, 64),
+                        layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), norm_num_groups=8,
+                        attention_head_dim=None, resnet_time_scale_shift="scale_shift", attn_norm_num_groups=8,
+                        **DDPM_EMBEDDING),
 }
 
 
@@ -178,7 +184,7 @@ def test_corrupt_safetensors(tmp_path):
 
 
 @pytest.mark.parametrize("key, value", [
-    ("resnet_time_scale_shift", "scale_shift"),
+    ("resnet_time_scale_shift", "spatial"),
     ("time_embedding_type", "fourier"),
     ("num_class_embeds", 10),
     ("attn_norm_num_groups", 2),        # would otherwise load with the wrong GroupNorm in the middle block
@@ -191,6 +197,14 @@ def test_unsupported_config_options(tmp_path, key, value):
     _, path = save(tmp_path, **CONFIGS["no-attention"])
     edit_config(tmp_path, **{key: value})
     with pytest.raises(PretrainedError, match=f"{key}=.*which minidiff's U-Net does not support"):
+        minidiff.load_pretrained(path)
+
+
+def test_scale_shift_without_middle_attention_norm_is_refused(tmp_path):
+    # diffusers drops the middle attention's GroupNorm for scale_shift unless attn_norm_num_groups is set
+    _, path = save(tmp_path, **CONFIGS["scale-shift"])
+    edit_config(tmp_path, attn_norm_num_groups=None)
+    with pytest.raises(PretrainedError, match="attn_norm_num_groups=None.*it needs 8"):
         minidiff.load_pretrained(path)
 
 

@@ -45,6 +45,9 @@ CONFIGS = {
         transformer_layers_per_block=[1, 2], norm_num_groups=4, in_channels=3, out_channels=5,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")),
+    # ADM's AdaGN (scale and shift from the timestep) in SD 1.5's layout
+    "scale-shift": dict(block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=16, attention_head_dim=2,
+                        norm_num_groups=8, resnet_time_scale_shift="scale_shift", **SD_LAYOUT),
 }
 
 # UNetConfig.text_toy() spelled as diffusers arguments
@@ -153,7 +156,7 @@ def test_sd15_config_is_the_sd15_preset():
     ("mid_block_type", "UNetMidBlock2DSimpleCrossAttn"),
     ("mid_block_only_cross_attention", True),
     ("attention_type", "gated"),
-    ("resnet_time_scale_shift", "scale_shift"),
+    ("resnet_time_scale_shift", "spatial"),
     ("time_embedding_type", "fourier"),
     ("conv_in_kernel", 1),
     ("timestep_post_act", "silu"),

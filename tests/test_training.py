@@ -9,17 +9,19 @@ from minidiff.process import GaussianDiffusion, NoiseSchedule
 from minidiff.recipes import load_run, run_training
 from minidiff.training.checkpoint import (CheckpointError, load_checkpoint, load_optimizer_tensors, optimizer_tensors,
                                           save_checkpoint)
-from minidiff.training.loop import TrainConfig, TrainingError, learning_rate, train
+from minidiff.training.loop import TrainConfig, TrainingError, learning_rate, train, update_ema
 
 
 def losses(run_dir):
     return [json.loads(line)["loss"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
 
-def test_exact_resume_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("fused", ["false", "true"])   # AdamW's reference loop and its fused kernel
+def test_exact_resume_matches_uninterrupted_run(tmp_path, fused):
     full, part = tmp_path / "full", tmp_path / "part"
-    run_training("ddpm-digits", full, overrides=TINY_DIGITS, progress=False, evaluate_after=False)
-    run_training("ddpm-digits", part, overrides=TINY_DIGITS + ["steps=3"], progress=False, evaluate_after=False)
+    overrides = TINY_DIGITS + [f"fused={fused}"]
+    run_training("ddpm-digits", full, overrides=overrides, progress=False, evaluate_after=False)
+    run_training("ddpm-digits", part, overrides=overrides + ["steps=3"], progress=False, evaluate_after=False)
     assert len(losses(part)) == 3
     run_training("ddpm-digits", part, overrides=["steps=6"], resume=True, progress=False, evaluate_after=False)
     assert losses(part) == losses(full)  # bit for bit, not approximately
@@ -29,6 +31,15 @@ def test_exact_resume_matches_uninterrupted_run(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_ema_update_is_the_weighted_average():
+    torch.manual_seed(0)
+    model, ema = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2).requires_grad_(False)
+    before = [e.clone() for e in ema.parameters()]
+    update_ema(ema, model, 0.9)
+    for e, old, p in zip(ema.parameters(), before, model.parameters()):
+        assert torch.allclose(e, 0.9 * old + 0.1 * p.detach(), atol=1e-7)
 
 
 def test_checkpoint_round_trip_and_atomic_write(tmp_path):
@@ -104,3 +115,19 @@ def test_training_reduces_the_loss_on_2d_data(tmp_path):
                                                   "log_every=1", "lr=3e-3"], progress=False, evaluate_after=False)
     values = losses(tmp_path)
     assert sum(values[-20:]) / 20 < 0.8 * sum(values[:20]) / 20
+
+
+def test_sample_grids_every_sample_every_steps_but_not_at_the_end(tmp_path):
+    class Scale(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x, t):
+            return x * self.scale
+
+    grids = []
+    config = TrainConfig(steps=6, batch_size=4, warmup_steps=1, sample_every=2, checkpoint_every=6)
+    train(Scale(), GaussianDiffusion(NoiseSchedule.make("linear", 10)), torch.randn(16, 2), config, tmp_path,
+          {"note": "test"}, on_sample=lambda ema, step: grids.append(step), progress=False)
+    assert grids == [2, 4]   # the run's final grid is samples.png, drawn by the recipe after training

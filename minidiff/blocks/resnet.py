@@ -8,6 +8,12 @@ the timestep embedding added between the two convolutions.
     h = conv2(dropout(SiLU(GroupNorm(h))))
     out = shortcut(x) + h          (shortcut is a 1x1 conv when channels change)
 
+With scale_shift=True (Dhariwal & Nichol 2021, arXiv:2105.05233, "AdaGN"; diffusers' resnet_time_scale_shift=
+"scale_shift") the timestep modulates the second normalisation instead of being added before it:
+
+    scale, shift = Linear(SiLU(temb)).chunk(2)       (each (B, C_out))
+    h = conv2(dropout(SiLU(GroupNorm(h) * (1 + scale) + shift)))
+
 The same block without the timestep line builds the autoencoder of latent diffusion (Rombach et al. 2022,
 arXiv:2112.10752), and MidBlock (ResBlock, self-attention, ResBlock) is the bottleneck of both networks.
 """
@@ -35,11 +41,13 @@ class ResBlock(nn.Module):
     """(B, C_in, H, W), temb (B, D) or None -> (B, C_out, H, W). temb_dim=None: a block with no timestep input."""
 
     def __init__(self, in_channels: int, out_channels: int, temb_dim: int | None, groups: int = 32,
-                 eps: float = 1e-6, dropout: float = 0.0):
+                 eps: float = 1e-6, dropout: float = 0.0, scale_shift: bool = False):
         super().__init__()
+        self.scale_shift = scale_shift
         self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.time_emb_proj = nn.Linear(temb_dim, out_channels) if temb_dim is not None else None
+        temb_out = 2 * out_channels if scale_shift else out_channels
+        self.time_emb_proj = nn.Linear(temb_dim, temb_out) if temb_dim is not None else None
         self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
@@ -47,9 +55,14 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))                            # (B, C_out, H, W)
-        if self.time_emb_proj is not None:
-            h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]    # broadcast (B, C_out, 1, 1)
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        if self.time_emb_proj is None:
+            h = self.norm2(h)
+        elif self.scale_shift:
+            scale, shift = self.time_emb_proj(F.silu(temb))[:, :, None, None].chunk(2, dim=1)  # 2 x (B, C_out, 1, 1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + self.time_emb_proj(F.silu(temb))[:, :, None, None])  # broadcast (B, C_out, 1, 1)
+        h = self.conv2(self.dropout(F.silu(h)))
         shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
         return shortcut + h
 
@@ -58,9 +71,10 @@ class MidBlock(nn.Module):
     """The bottleneck: ResBlock, self-attention, ResBlock. (B, C, H, W), temb (B, D) or None -> (B, C, H, W)."""
 
     def __init__(self, channels: int, temb_dim: int | None, groups: int = 32, eps: float = 1e-6,
-                 dropout: float = 0.0, head_dim: int | None = None):
+                 dropout: float = 0.0, head_dim: int | None = None, scale_shift: bool = False):
         super().__init__()
-        self.resnets = nn.ModuleList(ResBlock(channels, channels, temb_dim, groups, eps, dropout) for _ in range(2))
+        self.resnets = nn.ModuleList(ResBlock(channels, channels, temb_dim, groups, eps, dropout, scale_shift)
+                                     for _ in range(2))
         self.attention = SpatialSelfAttention(channels, head_dim, groups, eps)
 
     def forward(self, h: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:

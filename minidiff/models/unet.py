@@ -42,6 +42,7 @@ class UNetConfig:
     norm_groups: int = 32                   # GroupNorm groups
     norm_eps: float = 1e-6
     dropout: float = 0.0                    # inside ResBlocks (DDPM CIFAR-10 trained with 0.1)
+    time_scale_shift: bool = False          # timestep scales and shifts the 2nd GroupNorm (ADM's AdaGN), not added
     flip_sin_to_cos: bool = False           # timestep features: DDPM puts sin first
     freq_shift: float = 1.0                 # DDPM's denominator half-1
     downsample_padding: int = 0             # 0: pad right/bottom then stride-2 conv (DDPM)
@@ -176,7 +177,8 @@ class UNetLevel(nn.Module):
         super().__init__()
         c = config
         self.resnets = nn.ModuleList(
-            ResBlock(cin, out_channels, temb_dim, c.norm_groups, c.norm_eps, c.dropout) for cin in in_channels)
+            ResBlock(cin, out_channels, temb_dim, c.norm_groups, c.norm_eps, c.dropout, c.time_scale_shift)
+            for cin in in_channels)
         self.attentions = nn.ModuleList(
             attention_layer(c, out_channels, level) for _ in in_channels) if attention else None
         self.resample = resample
@@ -197,7 +199,8 @@ class CrossAttnMidBlock(nn.Module):
         super().__init__()
         c = config
         self.resnets = nn.ModuleList(
-            ResBlock(channels, channels, temb_dim, c.norm_groups, c.norm_eps, c.dropout) for _ in range(2))
+            ResBlock(channels, channels, temb_dim, c.norm_groups, c.norm_eps, c.dropout, c.time_scale_shift)
+            for _ in range(2))
         self.attention = attention_layer(c, channels, len(c.block_channels) - 1)
 
     def forward(self, h: torch.Tensor, temb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -230,7 +233,8 @@ class UNet(nn.Module):
             skip_channels += [width] * c.layers_per_block + ([] if last else [width])
 
         if c.cross_attention_dim is None:
-            self.mid_block = MidBlock(ch[-1], temb_dim, c.norm_groups, c.norm_eps, c.dropout, c.attention_head_dim)
+            self.mid_block = MidBlock(ch[-1], temb_dim, c.norm_groups, c.norm_eps, c.dropout, c.attention_head_dim,
+                                      c.time_scale_shift)
         else:
             self.mid_block = CrossAttnMidBlock(ch[-1], temb_dim, c)
 

@@ -33,11 +33,12 @@ class TrainConfig:
     lr_schedule: str = "cosine"    # after warmup: 'constant', or 'cosine' decay to 0
     warmup_steps: int = 100        # linear warmup from 0
     weight_decay: float = 0.0      # AdamW's decoupled weight decay
+    fused: bool = False            # AdamW in one fused kernel: the same update, ~8% faster steps on a CPU, other rounding
     grad_clip: float = 1.0         # max global gradient norm
     ema_decay: float = 0.999       # EMA of the weights, used for sampling
     seed: int = 0
     log_every: int = 10            # steps between lines in log.jsonl
-    sample_every: int = 1000       # steps between sample grids in samples/ (0: never)
+    sample_every: int = 1000       # steps between sample grids in samples/ (0: never; the last is samples.png)
     checkpoint_every: int = 500    # steps between checkpoints (and always at the end)
     bf16: bool = True              # bf16 autocast on a GPU (ignored on the CPU, which trains in float32)
     device: str = "auto"           # 'auto', 'cpu', 'cuda', 'cuda:1', ...
@@ -69,9 +70,8 @@ def learning_rate(config: TrainConfig, step: int) -> float:
 
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, parameter by parameter."""
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach(), 1 - decay)
+    """ema <- decay * ema + (1 - decay) * model, for every parameter at once (one foreach kernel)."""
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1 - decay)
 
 
 def ema_decay_at(config: TrainConfig, step: int) -> float:
@@ -102,7 +102,8 @@ def progress_bar(start: int, config: TrainConfig, progress: bool, desc: str):
 def end_step(step: int, record: dict, config: TrainConfig, log, bar, t0: float, checkpoint: Callable[[int], None],
              on_sample: Callable | None, ema: torch.nn.Module) -> bool:
     """The bookkeeping that closes every step: a log line every log_every steps, a checkpoint every
-    checkpoint_every steps and at the end, a sample grid every sample_every steps. True if it saved a checkpoint."""
+    checkpoint_every steps and at the end, a sample grid every sample_every steps except at the end (every recipe
+    draws its final grid, samples.png, right after training). True if it saved a checkpoint."""
     if step % config.log_every == 0:
         log.write(json.dumps({"step": step, **record, "lr": learning_rate(config, step),
                               "time_s": round(time.perf_counter() - t0, 3)}) + "\n")
@@ -112,7 +113,7 @@ def end_step(step: int, record: dict, config: TrainConfig, log, bar, t0: float, 
     saved = done % config.checkpoint_every == 0 or done == config.steps
     if saved:
         checkpoint(done)
-    if on_sample is not None and config.sample_every and done % config.sample_every == 0:
+    if on_sample is not None and config.sample_every and done % config.sample_every == 0 and done != config.steps:
         ema.eval()
         on_sample(ema, done)
     return saved
@@ -128,7 +129,7 @@ def train(model: torch.nn.Module, diffusion: GaussianDiffusion, data: torch.Tens
     tensors with the same first dimension N (images and their captions' tokens) whose rows are drawn together.
 
     run_config: the whole run's config, stored in every checkpoint. on_sample(ema_model, step) is
-    called every `sample_every` steps. Returns (model, ema_model, losses) where losses are this call's
+    called every `sample_every` steps but the last. Returns (model, ema_model, losses) where losses are this call's
     (step, loss) pairs.
     """
     run_dir = Path(run_dir)
@@ -136,7 +137,8 @@ def train(model: torch.nn.Module, diffusion: GaussianDiffusion, data: torch.Tens
     device = resolve_device(config.device)
     model = model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                  fused=config.fused)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and config.bf16)
 
     start, log_path = 0, run_dir / "log.jsonl"
