@@ -33,7 +33,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"    # after warmup: 'constant', or 'cosine' decay to 0
     warmup_steps: int = 100        # linear warmup from 0
     weight_decay: float = 0.0      # AdamW's decoupled weight decay
-    fused: bool = False            # AdamW in one fused kernel: the same update, ~8% faster steps on a CPU, other rounding
+    fused: bool = False            # AdamW as one fused kernel: same update, other rounding, ~8% faster on a CPU
     grad_clip: float = 1.0         # max global gradient norm
     ema_decay: float = 0.999       # EMA of the weights, used for sampling
     seed: int = 0
@@ -113,7 +113,7 @@ def end_step(step: int, record: dict, config: TrainConfig, log, bar, t0: float, 
     saved = done % config.checkpoint_every == 0 or done == config.steps
     if saved:
         checkpoint(done)
-    if on_sample is not None and config.sample_every and done % config.sample_every == 0 and done != config.steps:
+    if on_sample and config.sample_every and done % config.sample_every == 0 and done != config.steps:
         ema.eval()
         on_sample(ema, done)
     return saved
@@ -129,8 +129,8 @@ def train(model: torch.nn.Module, diffusion: GaussianDiffusion, data: torch.Tens
     tensors with the same first dimension N (images and their captions' tokens) whose rows are drawn together.
 
     run_config: the whole run's config, stored in every checkpoint. on_sample(ema_model, step) is
-    called every `sample_every` steps but the last. Returns (model, ema_model, losses) where losses are this call's
-    (step, loss) pairs.
+    called every `sample_every` steps but the last. Returns (model, ema_model, losses) where losses are this
+    call's (step, loss) pairs.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
