@@ -33,7 +33,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"    # after warmup: 'constant', or 'cosine' decay to 0
     warmup_steps: int = 100        # linear warmup from 0
     weight_decay: float = 0.0      # AdamW's decoupled weight decay
-    fused: bool = False            # AdamW as one fused kernel: same update, other rounding, ~8% faster on a CPU
+    fused: bool = False            # AdamW as one fused kernel: same update, other rounding, faster on a CPU
     grad_clip: float = 1.0         # max global gradient norm
     ema_decay: float = 0.999       # EMA of the weights, used for sampling
     seed: int = 0
