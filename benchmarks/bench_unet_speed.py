@@ -5,8 +5,10 @@ copies its weights into minidiff's UNet (minidiff.weights.rename_keys with UNET_
 two give the same output, and then times one training step (forward, mean-square loss, backward) of
 each, alternating between the two (A B, B A, A B, ...) in one process so that both see the same machine
 load. It prints a markdown table of medians and the ratio minidiff / diffusers (below 1: minidiff is faster).
+The toy preset folds 2x2 pixel patches into channels (patch_size=2), which UNet2DModel cannot; its diffusers side
+is the UNet2DModel of the network inside the fold, wrapped in the same pixel_unshuffle / pixel_shuffle.
 
-    python benchmarks/bench_unet_speed.py                      # both configurations, all CPU threads
+    python benchmarks/bench_unet_speed.py                      # every configuration, all CPU threads
     python benchmarks/bench_unet_speed.py --config toy --threads 1 --repeats 50 --json results.jsonl
 
 Needs the `parity` extra (diffusers) and minidiff importable (pip install -e ".[parity]").
@@ -21,9 +23,11 @@ import platform
 import statistics
 import time
 from datetime import datetime, timezone
+from types import SimpleNamespace
 
 import diffusers
 import torch
+import torch.nn.functional as F
 from diffusers import UNet2DModel
 
 from minidiff.models.unet import UNet, UNetConfig
@@ -32,7 +36,8 @@ from minidiff.weights import UNET_KEY_MAP, load_state_dict_strict, rename_keys, 
 # name -> (minidiff preset, batch size). Image size is the preset's sample_size.
 CONFIGS = {
     "ddpm-cifar10": (UNetConfig.ddpm_cifar10(), 8),
-    "toy": (UNetConfig.toy(), 128),
+    "toy": (UNetConfig.toy(), 128),                       # folds 2x2 patches: diffusers' side folds them around it
+    "toy-unfolded": (UNetConfig.toy(patch_size=1), 128),
 }
 
 
@@ -54,20 +59,35 @@ def diffusers_kwargs(config: UNetConfig) -> dict:
     )
 
 
+class Folded(torch.nn.Module):
+    """diffusers' UNet2DModel on p x p patches folded into channels, as minidiff's UNet does with patch_size=p."""
+
+    def __init__(self, model: UNet2DModel, patch: int):
+        super().__init__()
+        self.model, self.patch = model, patch
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> SimpleNamespace:
+        out = self.model(F.pixel_unshuffle(x, self.patch), t).sample
+        return SimpleNamespace(sample=F.pixel_shuffle(out, self.patch))
+
+
 def build_pair(config: UNetConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(minidiff UNet, diffusers UNet2DModel) with identical weights."""
     torch.manual_seed(0)
-    theirs = UNet2DModel(**diffusers_kwargs(config))
+    p = config.patch_size                  # diffusers has no patch fold: mirror the network inside it
+    inner = dataclasses.replace(config, patch_size=1, in_channels=config.in_channels * p * p,
+                                out_channels=config.out_channels * p * p, sample_size=config.sample_size // p)
+    theirs = UNet2DModel(**diffusers_kwargs(inner))
     mirrored = unet_config_from_diffusers(dict(theirs.config))
     # the loader spells out the up-path attention levels; a preset may leave them as None ("as on the way down")
     same_levels = mirrored.up_levels == config.up_levels
     without_up = lambda c: dataclasses.replace(c, up_attention_levels=None)  # noqa: E731
-    same_rest = without_up(mirrored) == without_up(config)
+    same_rest = without_up(mirrored) == without_up(inner)
     if not (same_levels and same_rest):
-        raise ValueError(f"the diffusers mirror does not match the preset:\n  {mirrored}\n  {config}")
+        raise ValueError(f"the diffusers mirror does not match the preset:\n  {mirrored}\n  {inner}")
     ours = UNet(config)
     load_state_dict_strict(ours, rename_keys(theirs.state_dict(), UNET_KEY_MAP), "the diffusers model")
-    return ours, theirs
+    return ours, (Folded(theirs, p) if p > 1 else theirs)
 
 
 def max_output_difference(ours, theirs, x: torch.Tensor, t: torch.Tensor) -> float:

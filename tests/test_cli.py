@@ -67,7 +67,7 @@ def test_train_and_eval_2d(tmp_path):
     (["train", "ddpm-digits", "--preset", "unet-huge"], "unknown preset 'unet-huge'; run `minidiff presets`"),
     (["train", "ddpm-digits", "learning_rate=1"], "unknown config key 'learning_rate'"),
     (["train", "ddpm-digits", "lr=fast"], "lr='fast' is not a valid float"),
-    (["train", "ddpm-digits", "sample_size=18"], "use a multiple of 4"),
+    (["train", "ddpm-digits", "sample_size=20"], "use a multiple of 8"),
     (["sample", "no/such/run", "--out", "x"], "does not exist"),
     (["eval", "no/such/run"], "does not exist"),
 ])

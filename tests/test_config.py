@@ -79,8 +79,8 @@ def test_run_config_errors():
         make_run_config("ddpm-digits", "unet-huge")
     with pytest.raises(ValueError, match="does not fit recipe"):
         make_run_config("ddpm-digits", "mlp-toy")
-    with pytest.raises(ValueError, match="multiple of 4"):
-        make_run_config("ddpm-digits", overrides=["sample_size=18"])
+    with pytest.raises(ValueError, match="multiple of 8"):
+        make_run_config("ddpm-digits", overrides=["sample_size=20"])
     with pytest.raises(ValueError, match="unknown schedule"):
         make_run_config("ddpm-digits", overrides=["schedule=quadratic"])
     with pytest.raises(ValueError, match="sample_steps"):

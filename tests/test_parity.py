@@ -19,7 +19,8 @@ DDPM_EMBEDDING = dict(flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6, downsa
 
 # diffusers' up_block_types[i] works at level n-1-i: the up path lists the levels in reverse.
 CONFIGS = {
-    # mirrors UNetConfig.toy(): attention only at level 2 (4x4), one ResBlock per level, one input channel
+    # mirrors UNetConfig.toy(patch_size=1) (diffusers has no patch fold): attention only at level 2 (4x4), one
+    # ResBlock per level, one input channel
     "toy": dict(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(16, 32, 64), layers_per_block=1,
                 down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
                 up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
@@ -106,9 +107,9 @@ def test_loaded_unet_matches_diffusers_in_float64(tmp_path, name):
 def test_toy_mirror_config_is_the_toy_preset(tmp_path):
     _, path = save(tmp_path, **CONFIGS["toy"])
     loaded = minidiff.load_pretrained(path).config
-    assert loaded.up_levels == UNetConfig.toy().up_levels == (2,)
+    assert loaded.up_levels == UNetConfig.toy().up_levels == (2,) and loaded.patch_size == 1
     # the loader spells the up-path levels out; the preset leaves them as None ("as on the way down")
-    assert dataclasses.replace(loaded, up_attention_levels=None) == UNetConfig.toy()
+    assert dataclasses.replace(loaded, up_attention_levels=None) == UNetConfig.toy(patch_size=1)
 
 
 def test_up_attention_levels_are_read_in_reverse():
@@ -120,7 +121,7 @@ def test_up_attention_levels_are_read_in_reverse():
 
 def test_parameter_counts_match_diffusers():
     """Fact sheet A, section 8: the DDPM CIFAR-10 UNet2DModel has 35,746,307 parameters; so does minidiff's preset,
-    and so does the toy preset's diffusers mirror."""
+    and so does the toy preset's diffusers mirror (without the patch fold, which diffusers does not have)."""
     cifar10 = dict(sample_size=32, block_out_channels=(128, 256, 256, 256), layers_per_block=2,
                    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
                    up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
@@ -128,7 +129,7 @@ def test_parameter_counts_match_diffusers():
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     with torch.device("meta"):
         assert count(UNet2DModel(**cifar10)) == 35_746_307 == count(UNet(UNetConfig.ddpm_cifar10()))
-        assert count(UNet2DModel(**CONFIGS["toy"])) == count(UNet(UNetConfig.toy())) == 686_769
+        assert count(UNet2DModel(**CONFIGS["toy"])) == count(UNet(UNetConfig.toy(patch_size=1))) == 686_769
 
 
 # ---------------------------------------------------------------------------- errors

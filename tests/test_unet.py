@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from diffusers.models.embeddings import get_timestep_embedding
 
 from minidiff.blocks import SpatialSelfAttention, attention, sinusoidal_embedding
@@ -29,7 +30,7 @@ def toy():
 # ---------------------------------------------------------------------------- shapes
 
 
-@pytest.mark.parametrize("H, W", [(16, 16), (8, 8), (32, 32), (12, 20)])
+@pytest.mark.parametrize("H, W", [(16, 16), (8, 8), (32, 32), (24, 40)])
 def test_toy_output_shape(toy, H, W):
     x = torch.randn(2, 1, H, W)
     with torch.no_grad():
@@ -50,6 +51,25 @@ def test_gradients_reach_every_parameter():
     assert missing == []
 
 
+def test_patches_are_a_unet_on_the_folded_image():
+    """patch_size=2: fold 2x2 pixel patches into channels, run the levels at half the size, unfold the output.
+
+    So the patched toy U-Net on 16x16 digits is, weight for weight, a 4-channel U-Net on 8x8 images."""
+    torch.manual_seed(0)
+    patched = UNet(UNetConfig.toy(patch_size=2)).eval()
+    folded = UNet(UNetConfig.toy(in_channels=4, out_channels=4, sample_size=8, patch_size=1)).eval()
+    folded.load_state_dict(patched.state_dict())
+    x, t = torch.randn(3, 1, 16, 16), torch.tensor([0, 10, 999])
+    with torch.no_grad():
+        out = patched(x, t)
+        inner = folded(F.pixel_unshuffle(x, 2), t)                      # (3, 4, 8, 8)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, F.pixel_shuffle(inner, 2), rtol=0, atol=0)
+    # the fold: pixel (2i + a, 2j + b) is channel 2a + b of folded pixel (i, j)
+    assert torch.equal(F.pixel_unshuffle(x, 2)[:, 3, 1, 2], x[:, 0, 3, 5])
+    assert patched.downsampling_factor == 8
+
+
 # ---------------------------------------------------------------------------- parameter counts
 
 
@@ -61,8 +81,10 @@ def test_ddpm_cifar10_parameter_count():
 
 
 def test_toy_parameter_count():
+    """The fold adds only conv_in's and conv_out's extra channels: 3 x 16 x 9 weights in, 16 x 3 x 9 + 3 out."""
     with torch.device("meta"):
-        assert count(UNet(UNetConfig.toy())) == 686_769
+        assert count(UNet(UNetConfig.toy())) == 687_636
+        assert count(UNet(UNetConfig.toy(patch_size=1))) == 686_769 == 687_636 - 2 * (3 * 16 * 9) - 3
 
 
 def test_parameter_count_by_hand():
@@ -91,8 +113,12 @@ def test_parameter_count_by_hand():
 
 
 def test_size_not_divisible(toy):
-    with pytest.raises(ValueError, match=r"image size 18x16 is not divisible by 4.*multiple of 4"):
-        toy(torch.randn(1, 1, 18, 16), 0)
+    with pytest.raises(ValueError, match=r"image size 12x16 is not divisible by 8: the U-Net folds 2x2 patches and "
+                                         r"halves the resolution 2 times.*multiple of 8"):
+        toy(torch.randn(1, 1, 12, 16), 0)
+    with pytest.raises(ValueError, match=r"image size 18x16 is not divisible by 4: the U-Net halves the resolution "
+                                         r"2 times.*multiple of 4"):
+        UNet(UNetConfig.toy(patch_size=1))(torch.randn(1, 1, 18, 16), 0)
 
 
 def test_wrong_channel_count(toy):
@@ -108,6 +134,8 @@ def test_bad_configs():
         UNetConfig.toy(attention_levels=(3,))
     with pytest.raises(ValueError, match=r"block_channels \[20\] are not divisible by norm_groups=8"):
         UNetConfig.toy(block_channels=(16, 20, 32))
+    with pytest.raises(ValueError, match=r"patch_size=0: use 1 \(no patches\)"):
+        UNetConfig.toy(patch_size=0)
     with pytest.raises(ValueError, match="not divisible by head_dim 12"):
         UNet(UNetConfig.toy(attention_head_dim=12))
 

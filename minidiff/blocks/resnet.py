@@ -26,15 +26,17 @@ from torch import nn
 from minidiff.blocks.attention import SpatialSelfAttention
 
 
-def check_images(x: torch.Tensor, channels: int, levels: int, network: str) -> None:
-    """A clear ValueError for a batch a network that halves the resolution `levels` times cannot take."""
+def check_images(x: torch.Tensor, channels: int, levels: int, network: str, patch: int = 1) -> None:
+    """A clear ValueError for a batch a network cannot take: it folds `patch` x `patch` pixel patches into channels
+    (1: none), then halves the resolution `levels` times."""
     if x.ndim != 4 or x.shape[1] != channels:
         raise ValueError(f"expected images of shape (B, {channels}, H, W), got {tuple(x.shape)}; "
                          f"this {network} was configured with in_channels={channels}")
-    factor, (H, W) = 2 ** levels, x.shape[-2:]
+    factor, (H, W) = patch * 2 ** levels, x.shape[-2:]
     if H % factor or W % factor:
-        raise ValueError(f"image size {H}x{W} is not divisible by {factor}: the {network} halves the resolution "
-                         f"{levels} times (factor f={factor}); crop or resize to a multiple of {factor}")
+        folds = f"folds {patch}x{patch} patches and " if patch > 1 else ""
+        raise ValueError(f"image size {H}x{W} is not divisible by {factor}: the {network} {folds}halves the "
+                         f"resolution {levels} times (factor f={factor}); crop or resize to a multiple of {factor}")
 
 
 class ResBlock(nn.Module):
