@@ -268,7 +268,8 @@ def validate(sections: dict, recipe: Recipe) -> None:
                              f"weights, not all zero, for the Shapes categories {','.join(TRAIN_CATEGORIES)}")
     if hasattr(model, "block_channels"):
         network = "autoencoder" if recipe.kind == "autoencoder" else "U-Net"
-        factor, size = model.factor if network == "autoencoder" else model.downsampling_factor, model.sample_size
+        factor = model.factor if network == "autoencoder" else model.downsampling_factor   # U-Net: patch x halvings
+        size = model.sample_size
         if size % factor or size < factor:
             raise ValueError(f"image size sample_size={size} cannot go through this {network}, whose smallest "
                              f"feature map is {factor} times smaller; use a multiple of {factor}")
