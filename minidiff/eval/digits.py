@@ -36,6 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from minidiff.data.digits import digits_tensors
+from minidiff.training.classifier import fit_classifier
 
 CLASSIFIER_VERSION = "digit-cnn-v1"   # bump when the architecture or training changes: old caches are ignored
 CLASSIFIER_SIZE = 16                  # every input is resized to 16x16
@@ -134,41 +135,6 @@ def train_digit_classifier(epochs: int = 15, batch_size: int = 64, lr: float = 3
     images, labels = digits_tensors("train", CLASSIFIER_SIZE)   # (1500, 1, 16, 16), (1500,)
     return fit_classifier(DigitClassifier, images, labels, F.cross_entropy, epochs, batch_size, lr, seed,
                           augment=random_affine)
-
-
-def fit_classifier(make_model: Callable[[], nn.Module], images: torch.Tensor, labels: torch.Tensor,
-                   loss_fn: Callable, epochs: int, batch_size: int, lr: float, seed: int,
-                   augment: Callable | None = None) -> nn.Module:
-    """The training loop of the judges' classifiers: Adam with a one-cycle schedule, on one CPU thread.
-
-    Deterministic for a fixed seed: one thread (the operations are tiny, so one thread is also the fastest,
-    by far on a busy machine); the global RNG and thread count are restored afterwards.
-    augment(x, generator) -> x, if given, transforms each batch.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = make_model()
-        generator = torch.Generator().manual_seed(seed)
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        steps_per_epoch = math.ceil(len(images) / batch_size)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch)
-        model.train()
-        for epoch in range(epochs):
-            order = torch.randperm(len(images), generator=generator)
-            for start in range(0, len(images), batch_size):
-                batch = order[start:start + batch_size]
-                x = images[batch] if augment is None else augment(images[batch], generator)
-                loss = loss_fn(model(x), labels[batch])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-    finally:
-        torch.set_num_threads(threads)
-    return model.eval()
 
 
 def cache_path(cache_dir: str | Path | None = None, version: str = CLASSIFIER_VERSION) -> Path:

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from minidiff.data.images import to_model_range
 from minidiff.data.shapes import COLORS, MAX_RESOLUTION, SHAPES
 from minidiff.data.shapes_dataset import make_example, shapes_tensors
-from minidiff.eval.digits import cached_or_trained, check_pixel_values, fit_classifier, frechet_distance
+from minidiff.eval.digits import cached_or_trained, check_pixel_values, frechet_distance
+from minidiff.training.classifier import fit_classifier
 
 CLASSIFIER_VERSION = "shapes-attribute-cnn-v1"   # bump when the architecture or training changes: old caches ignored
 CLASSIFIER_SIZE = 32                  # every input is resized to 32x32
@@ -149,7 +150,7 @@ def train_shapes_classifier(n_images: int = 5000, epochs: int = 5, batch_size: i
     """Train ShapesAttributeClassifier on n_images train-split renders at 32x32: Adam, one-cycle schedule,
     binary cross-entropy per label (each label is its own yes/no question).
 
-    Deterministic for a fixed seed (minidiff.eval.digits.fit_classifier).
+    Deterministic for a fixed seed (minidiff.training.classifier.fit_classifier).
     """
     images, labels = shapes_attribute_data("train", n_images)     # (n, 3, 32, 32), (n, 11)
     return fit_classifier(ShapesAttributeClassifier, images, labels, F.binary_cross_entropy_with_logits,
