@@ -4,7 +4,8 @@ Each `check_<name>(fn)` calls a learner's function on several inputs and compare
 minidiff's own implementation in `minidiff.process` and with closed-form properties of the maths.
 It returns quietly when everything agrees and raises AssertionError otherwise, saying what was
 expected, what came back, and giving a hint. A function that still raises NotImplementedError fails
-with `NotImplementedYet`, a kind of AssertionError. `run_checks(module)` runs them all.
+with `NotImplementedYet`, a kind of AssertionError. `run_checks(module)` runs them all. The helpers that
+call the learner's function and compare tensors are minidiff.exercises.checking's.
 
 | exercise                  | paper                                  | minidiff reference                       |
 |---------------------------|----------------------------------------|------------------------------------------|
@@ -24,82 +25,14 @@ from typing import Callable
 
 import torch
 
-from minidiff.exercises import NotImplementedYet, command_line, report
+from minidiff.exercises.checking import Check, call, command_line, expect_close, expect_pair, preview, report
 from minidiff.process import GaussianDiffusion, NoiseSchedule, cosine_betas, ddim_step, ddpm_step, linear_betas
 from minidiff.process.schedules import cosine_alpha_bar
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Helpers: call the learner's function, compare tensors, explain a mismatch.
+# Helpers: timesteps and alpha-bars as the exercises take them.
 # ---------------------------------------------------------------------------------------------------------
-
-def _describe(value) -> str:
-    if torch.is_tensor(value):
-        return f"tensor{tuple(value.shape)}" if value.ndim else f"tensor({value.item():.6g})"
-    return repr(value)
-
-
-def _call(fn: Callable, *args, **kwargs):
-    """fn(*args, **kwargs), turning whatever the learner's code raises into an AssertionError."""
-    try:
-        return fn(*args, **kwargs)
-    except NotImplementedError as e:
-        raise NotImplementedYet(f"not implemented yet ({e})" if str(e) else "not implemented yet") from None
-    except Exception as e:
-        shown = ", ".join([_describe(a) for a in args] + [f"{k}={_describe(v)}" for k, v in kwargs.items()])
-        raise AssertionError(f"{getattr(fn, '__name__', 'the function')}({shown}) raised "
-                             f"{type(e).__name__}: {e}\n"
-                             f"  Hint: call it yourself on inputs of these shapes and read the traceback. Common "
-                             f"causes: a per-sample (B,) tensor multiplied into a (B, ...) one without reshaping it "
-                             f"to (B, 1, ..., 1) first; using an optional argument (noise) when it is None.") from e
-
-
-def _preview(x: torch.Tensor) -> str:
-    flat = x.detach().double().reshape(-1)
-    shown = ", ".join(f"{v:.6g}" for v in flat[:4].tolist())
-    return f"[{shown}{', ...' if flat.numel() > 4 else ''}] (shape {tuple(x.shape)})"
-
-
-def _close(got: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> bool:
-    if got.shape != expected.shape:
-        return False
-    got, expected = got.detach().double(), expected.detach().double()
-    return bool(((got - expected).abs() <= atol + rtol * expected.abs()).all())
-
-
-def _expect_close(got, expected: torch.Tensor, what: str, hint: str, rtol: float = 1e-4, atol: float = 1e-5,
-                  mistakes: dict[str, torch.Tensor] | None = None) -> None:
-    """Assert that `got` matches `expected` elementwise; name a known mistake if `got` matches one."""
-    if not torch.is_tensor(got):
-        raise AssertionError(f"{what}: expected a torch.Tensor, got {type(got).__name__}.\n  Hint: {hint}")
-    if got.shape != expected.shape:
-        raise AssertionError(f"{what}: expected shape {tuple(expected.shape)}, got {tuple(got.shape)}.\n"
-                             f"  Hint: {hint}")
-    if not torch.isfinite(got).all():
-        raise AssertionError(f"{what}: the result holds NaN or inf: {_preview(got)}.\n  Hint: {hint}")
-    if _close(got, expected, rtol, atol):
-        return
-    difference = (got.detach().double() - expected.detach().double()).abs()
-    flat_index = int(difference.reshape(-1).argmax())
-    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat_index), expected.shape))
-    at_expected, at_got = expected.reshape(-1)[flat_index].item(), got.reshape(-1)[flat_index].item()
-    message = (f"{what}: values differ (largest difference {difference.max().item():.3g}, at index {index}: "
-               f"expected {at_expected:.6g}, got {at_got:.6g}).\n"
-               f"  expected: {_preview(expected)}\n"
-               f"  got:      {_preview(got)}\n")
-    for description, wrong in (mistakes or {}).items():
-        if _close(got, wrong, rtol, atol):
-            message += f"  This is what you get if you {description}.\n"
-            break
-    raise AssertionError(message + f"  Hint: {hint}")
-
-
-def _pair(result, what: str) -> tuple:
-    if not isinstance(result, (tuple, list)) or len(result) != 2:
-        raise AssertionError(f"{what}: expected a pair (two tensors), got {type(result).__name__}.\n"
-                             f"  Hint: end with `return first, second`.")
-    return tuple(result)
-
 
 def _batch(t: list[int]) -> torch.Tensor:
     return torch.tensor(t, dtype=torch.long)
@@ -131,28 +64,28 @@ def check_q_sample(fn: Callable) -> None:
         where = f"x_t for x0 of shape {shape}, t = {t_list}"
         zeros = torch.zeros(shape)
 
-        _expect_close(_call(fn, x0, t, zeros, alpha_bar), diffusion.q_sample(x0, t, zeros),
-                      f"{where}, eps = 0 (the signal part)",
-                      "with eps = 0, x_t is x0 scaled by sqrt(alpha_bar[t]): the square root of alpha-bar, "
-                      "gathered per sample and reshaped to (B, 1, ...) so it broadcasts over x0.",
-                      mistakes={"scale x0 by alpha_bar[t] instead of its square root":
-                                NoiseSchedule.at(alpha_bar, t, x0) * x0,
-                                "use alpha_bar[t - 1] (the paper's numbering) instead of alpha_bar[t]":
-                                NoiseSchedule.at(alpha_bar.sqrt(), t - 1, x0) * x0})
-        _expect_close(_call(fn, zeros, t, eps, alpha_bar), diffusion.q_sample(zeros, t, eps),
-                      f"{where}, x0 = 0 (the noise part)",
-                      "with x0 = 0, x_t is eps scaled by sqrt(1 - alpha_bar[t]).",
-                      mistakes={"scale eps by 1 - alpha_bar[t] instead of its square root":
-                                (1 - NoiseSchedule.at(alpha_bar, t, eps)) * eps})
-        _expect_close(_call(fn, x0, t, eps, alpha_bar), diffusion.q_sample(x0, t, eps), where,
-                      "x_t = sqrt(alpha_bar[t]) * x0 + sqrt(1 - alpha_bar[t]) * eps, each sample with its own t.")
+        expect_close(call(fn, x0, t, zeros, alpha_bar), diffusion.q_sample(x0, t, zeros),
+                     f"{where}, eps = 0 (the signal part)",
+                     "with eps = 0, x_t is x0 scaled by sqrt(alpha_bar[t]): the square root of alpha-bar, "
+                     "gathered per sample and reshaped to (B, 1, ...) so it broadcasts over x0.",
+                     mistakes={"scale x0 by alpha_bar[t] instead of its square root":
+                               NoiseSchedule.at(alpha_bar, t, x0) * x0,
+                               "use alpha_bar[t - 1] (the paper's numbering) instead of alpha_bar[t]":
+                               NoiseSchedule.at(alpha_bar.sqrt(), t - 1, x0) * x0})
+        expect_close(call(fn, zeros, t, eps, alpha_bar), diffusion.q_sample(zeros, t, eps),
+                     f"{where}, x0 = 0 (the noise part)",
+                     "with x0 = 0, x_t is eps scaled by sqrt(1 - alpha_bar[t]).",
+                     mistakes={"scale eps by 1 - alpha_bar[t] instead of its square root":
+                               (1 - NoiseSchedule.at(alpha_bar, t, eps)) * eps})
+        expect_close(call(fn, x0, t, eps, alpha_bar), diffusion.q_sample(x0, t, eps), where,
+                     "x_t = sqrt(alpha_bar[t]) * x0 + sqrt(1 - alpha_bar[t]) * eps, each sample with its own t.")
 
     # Variance preservation: the two coefficients satisfy signal^2 + noise^2 = 1 at every t.
     t = _batch([0, 100, 999])
     ones, zeros = torch.ones(3, 1), torch.zeros(3, 1)
-    signal, noise = _call(fn, ones, t, zeros, alpha_bar), _call(fn, zeros, t, ones, alpha_bar)
-    _expect_close(signal**2 + noise**2, torch.ones(3, 1), "signal coefficient^2 + noise coefficient^2",
-                  "the forward process preserves variance: sqrt(alpha_bar)^2 + sqrt(1 - alpha_bar)^2 = 1.")
+    signal, noise = call(fn, ones, t, zeros, alpha_bar), call(fn, zeros, t, ones, alpha_bar)
+    expect_close(signal**2 + noise**2, torch.ones(3, 1), "signal coefficient^2 + noise coefficient^2",
+                 "the forward process preserves variance: sqrt(alpha_bar)^2 + sqrt(1 - alpha_bar)^2 = 1.")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -175,18 +108,18 @@ def check_posterior_mean_variance(fn: Callable) -> None:
     for t in (0, 1, 500, 999):
         alpha_bar_t, alpha_bar_prev = _alpha_bar_pair(t, t - 1)
         where = f"posterior at t = {t}"
-        mean, variance = _pair(_call(fn, x0, x_t, alpha_bar_t, alpha_bar_prev), where)
+        mean, variance = expect_pair(call(fn, x0, x_t, alpha_bar_t, alpha_bar_prev), where)
         expected_mean = schedule.posterior_mean_coef_x0[t] * x0 + schedule.posterior_mean_coef_xt[t] * x_t
         beta_t = schedule.betas[t]
-        _expect_close(mean, expected_mean, f"{where}: mean", hint_mean,
-                      mistakes={"swap the coefficients of x0 and x_t":
-                                schedule.posterior_mean_coef_xt[t] * x0 + schedule.posterior_mean_coef_x0[t] * x_t})
+        expect_close(mean, expected_mean, f"{where}: mean", hint_mean,
+                     mistakes={"swap the coefficients of x0 and x_t":
+                               schedule.posterior_mean_coef_xt[t] * x0 + schedule.posterior_mean_coef_x0[t] * x_t})
         expected_variance = schedule.posterior_variance[t]
         if torch.is_tensor(variance) and variance.numel() > 1:
             expected_variance = expected_variance.expand_as(variance)
-        _expect_close(variance, expected_variance, f"{where}: variance", hint_variance, atol=1e-7,
-                      mistakes={"return beta_t, the forward step's variance (the posterior's is smaller)":
-                                beta_t.expand_as(expected_variance)})
+        expect_close(variance, expected_variance, f"{where}: variance", hint_variance, atol=1e-7,
+                     mistakes={"return beta_t, the forward step's variance (the posterior's is smaller)":
+                               beta_t.expand_as(expected_variance)})
 
     # A strided pair (t = 999 -> 899), as on a respaced schedule: compare with DDPM's sampling step,
     # fed the eps that makes its estimate of x0 exactly our x0.
@@ -197,31 +130,31 @@ def check_posterior_mean_variance(fn: Callable) -> None:
     expected_sigma = ddpm_step(diffusion, eps, x_t, t, t_prev, noise=torch.ones(shape), variance="beta_tilde") \
         - expected_mean
     where = f"posterior between t = {t} and t_prev = {t_prev} (a respaced schedule)"
-    mean, variance = _pair(_call(fn, x0, x_t, alpha_bar_t, alpha_bar_prev), where)
-    _expect_close(mean, expected_mean, f"{where}: mean",
-                  hint_mean + " Compute alpha_t and beta_t from the two alpha-bars, not from a table of betas.")
+    mean, variance = expect_pair(call(fn, x0, x_t, alpha_bar_t, alpha_bar_prev), where)
+    expect_close(mean, expected_mean, f"{where}: mean",
+                 hint_mean + " Compute alpha_t and beta_t from the two alpha-bars, not from a table of betas.")
     variance = variance.reshape(-1)[0] if torch.is_tensor(variance) and variance.numel() > 1 else variance
-    _expect_close(variance, expected_sigma.reshape(-1)[0] ** 2, f"{where}: variance", hint_variance, atol=1e-6)
+    expect_close(variance, expected_sigma.reshape(-1)[0] ** 2, f"{where}: variance", hint_variance, atol=1e-6)
 
     # Closed-form properties, for a mid-range step.
     t = 300
     alpha_bar_t, alpha_bar_prev = _alpha_bar_pair(t, t - 1)
     beta_t = 1 - alpha_bar_t / alpha_bar_prev
     # (a) With no noise in x_t, the posterior mean is x0 scaled for step t-1.
-    mean, _ = _pair(_call(fn, x0, alpha_bar_t.sqrt() * x0, alpha_bar_t, alpha_bar_prev), "posterior")
-    _expect_close(mean, alpha_bar_prev.sqrt() * x0, "posterior mean when x_t = sqrt(alpha_bar_t) x0 exactly",
-                  "the two coefficients must combine to sqrt(alpha_bar_prev): check sqrt(alpha_t), not alpha_t.")
+    mean, _ = expect_pair(call(fn, x0, alpha_bar_t.sqrt() * x0, alpha_bar_t, alpha_bar_prev), "posterior")
+    expect_close(mean, alpha_bar_prev.sqrt() * x0, "posterior mean when x_t = sqrt(alpha_bar_t) x0 exactly",
+                 "the two coefficients must combine to sqrt(alpha_bar_prev): check sqrt(alpha_t), not alpha_t.")
     # (b) Composing q(x_t | x0) with the posterior gives back q(x_{t-1} | x0):
     #     coef_xt^2 (1 - alpha_bar_t) + beta-tilde_t = 1 - alpha_bar_prev.
     one, zero = torch.ones(1), torch.zeros(1)
-    coef_xt, variance = _pair(_call(fn, zero, one, alpha_bar_t, alpha_bar_prev), "posterior")
-    _expect_close(coef_xt**2 * (1 - alpha_bar_t) + variance, (1 - alpha_bar_prev).reshape(1),
-                  "coefficient of x_t squared * (1 - alpha_bar_t) + variance",
-                  "noising to step t and then sampling the posterior must give x_{t-1} with variance "
-                  "1 - alpha_bar_prev; recheck both the x_t coefficient and beta-tilde.")
+    coef_xt, variance = expect_pair(call(fn, zero, one, alpha_bar_t, alpha_bar_prev), "posterior")
+    expect_close(coef_xt**2 * (1 - alpha_bar_t) + variance, (1 - alpha_bar_prev).reshape(1),
+                 "coefficient of x_t squared * (1 - alpha_bar_t) + variance",
+                 "noising to step t and then sampling the posterior must give x_{t-1} with variance "
+                 "1 - alpha_bar_prev; recheck both the x_t coefficient and beta-tilde.")
     if not bool((variance >= 0).all() and (variance <= beta_t + 1e-7).all()):
         raise AssertionError(f"posterior variance at t = {t}: expected a value in [0, beta_t = {beta_t.item():.6g}], "
-                             f"got {_preview(torch.as_tensor(variance))}.\n  Hint: {hint_variance}")
+                             f"got {preview(torch.as_tensor(variance))}.\n  Hint: {hint_variance}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -242,17 +175,17 @@ def check_v_target(fn: Callable) -> None:
     """fn(x0, eps, alpha_bar_t) -> v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0."""
     for name, diffusion, x0, eps, t, alpha_bar_t in _v_setup(seed=3):
         where = f"v on the {name} schedule, t = {t.tolist()}"
-        v = _call(fn, x0, eps, alpha_bar_t)
+        v = call(fn, x0, eps, alpha_bar_t)
         a, s = alpha_bar_t.sqrt(), (1 - alpha_bar_t).sqrt()
-        _expect_close(v, diffusion.target(x0, t, eps), where,
-                      "v = sqrt(alpha_bar_t) * eps - sqrt(1 - alpha_bar_t) * x0: the velocity of x_t along the "
-                      "circle x_t = cos(phi) x0 + sin(phi) eps.",
-                      mistakes={"flip the sign of v": s * x0 - a * eps,
-                                "swap the roles of x0 and eps": a * x0 - s * eps})
+        expect_close(v, diffusion.target(x0, t, eps), where,
+                     "v = sqrt(alpha_bar_t) * eps - sqrt(1 - alpha_bar_t) * x0: the velocity of x_t along the "
+                     "circle x_t = cos(phi) x0 + sin(phi) eps.",
+                     mistakes={"flip the sign of v": s * x0 - a * eps,
+                               "swap the roles of x0 and eps": a * x0 - s * eps})
         # (x_t, v) is a rotation of (x0, eps), so it keeps their squared length, element by element.
         x_t = diffusion.q_sample(x0, t, eps)
-        _expect_close(x_t**2 + v**2, x0**2 + eps**2, f"{where}: x_t^2 + v^2",
-                      "x_t and v are (x0, eps) rotated by the same angle, so x_t^2 + v^2 = x0^2 + eps^2.")
+        expect_close(x_t**2 + v**2, x0**2 + eps**2, f"{where}: x_t^2 + v^2",
+                     "x_t and v are (x0, eps) rotated by the same angle, so x_t^2 + v^2 = x0^2 + eps^2.")
 
 
 def check_x0_eps_from_v(fn: Callable) -> None:
@@ -263,15 +196,15 @@ def check_x0_eps_from_v(fn: Callable) -> None:
         where = f"x0 and eps from v on the {name} schedule, t = {t.tolist()}"
         # Round trip: a perfect v recovers the x0 and eps that made x_t.
         x_t, v = diffusion.q_sample(x0, t, eps), diffusion.target(x0, t, eps)
-        x0_hat, eps_hat = _pair(_call(fn, v, x_t, alpha_bar_t), where)
-        _expect_close(x0_hat, x0, f"{where}: x0_hat from a perfect v", hint)
-        _expect_close(eps_hat, eps, f"{where}: eps_hat from a perfect v", hint)
+        x0_hat, eps_hat = expect_pair(call(fn, v, x_t, alpha_bar_t), where)
+        expect_close(x0_hat, x0, f"{where}: x0_hat from a perfect v", hint)
+        expect_close(eps_hat, eps, f"{where}: eps_hat from a perfect v", hint)
         # Any v (a network's imperfect guess): compare with minidiff's conversion.
         v_guess = v + 0.5 * torch.randn(v.shape, generator=torch.Generator().manual_seed(5))
         expected_x0, expected_eps = diffusion.predict_x0_eps(v_guess, x_t, t)
-        x0_hat, eps_hat = _pair(_call(fn, v_guess, x_t, alpha_bar_t), where)
-        _expect_close(x0_hat, expected_x0, f"{where}: x0_hat from an imperfect v", hint)
-        _expect_close(eps_hat, expected_eps, f"{where}: eps_hat from an imperfect v", hint)
+        x0_hat, eps_hat = expect_pair(call(fn, v_guess, x_t, alpha_bar_t), where)
+        expect_close(x0_hat, expected_x0, f"{where}: x0_hat from an imperfect v", hint)
+        expect_close(eps_hat, expected_eps, f"{where}: eps_hat from an imperfect v", hint)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -284,7 +217,7 @@ def check_cosine_betas(fn: Callable) -> None:
             "values); beta_i = 1 - alpha_bar(i+1) / alpha_bar(i) for i = 0..T-1; then cap at max_beta.")
     for num_steps, kwargs in ((1000, {}), (50, {}), (20, {"s": 0.02}), (1000, {"max_beta": 0.5})):
         where = f"cosine_betas({num_steps}{''.join(f', {k}={v}' for k, v in kwargs.items())})"
-        betas = _call(fn, num_steps, **kwargs)
+        betas = call(fn, num_steps, **kwargs)
         if torch.is_tensor(betas) and betas.dtype != torch.float64:
             raise AssertionError(f"{where}: expected a float64 tensor, got {betas.dtype}.\n  Hint: compute the "
                                  f"schedule in float64 (torch.float64) and cast later: in float32, "
@@ -293,21 +226,21 @@ def check_cosine_betas(fn: Callable) -> None:
         s = kwargs.get("s", 0.008)
         u = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
         uncapped = 1 - cosine_alpha_bar(u[1:], s) / cosine_alpha_bar(u[:-1], s)
-        _expect_close(betas, cosine_betas(num_steps, **kwargs), where, hint, rtol=1e-6, atol=1e-9,
-                      mistakes={"forget the cap at max_beta (the last beta is then 1: all signal gone in one step)":
-                                uncapped})
+        expect_close(betas, cosine_betas(num_steps, **kwargs), where, hint, rtol=1e-6, atol=1e-9,
+                     mistakes={"forget the cap at max_beta (the last beta is then 1: all signal gone in one step)":
+                               uncapped})
 
     # Closed form: away from the cap, alpha_bar = cumprod(1 - beta) equals f(t/T) / f(0).
-    betas = _call(fn, 1000)
+    betas = call(fn, 1000)
     alpha_bar = torch.cumprod(1 - betas, dim=0)
     u = torch.arange(1, 1001, dtype=torch.float64) / 1000
     closed_form = cosine_alpha_bar(u) / cosine_alpha_bar(torch.zeros(1, dtype=torch.float64))
-    _expect_close(alpha_bar[:-1], closed_form[:-1], "cumprod(1 - betas) against f(t/T) / f(0)", hint, rtol=1e-6)
+    expect_close(alpha_bar[:-1], closed_form[:-1], "cumprod(1 - betas) against f(t/T) / f(0)", hint, rtol=1e-6)
     # Golden values measured with diffusers' squaredcos_cap_v2 schedule (float32).
-    _expect_close(betas[0].reshape(1), torch.tensor([4.12842e-05], dtype=torch.float64), "beta at t = 0",
-                  hint, rtol=1e-4, atol=0)
-    _expect_close(alpha_bar[499].reshape(1), torch.tensor([0.493843], dtype=torch.float64), "alpha_bar at t = 499",
-                  hint, rtol=1e-5, atol=0)
+    expect_close(betas[0].reshape(1), torch.tensor([4.12842e-05], dtype=torch.float64), "beta at t = 0",
+                 hint, rtol=1e-4, atol=0)
+    expect_close(alpha_bar[499].reshape(1), torch.tensor([0.493843], dtype=torch.float64), "alpha_bar at t = 499",
+                 hint, rtol=1e-5, atol=0)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -335,41 +268,42 @@ def check_ddim_step(fn: Callable) -> None:
 
         # (a) With the true eps, deterministic DDIM lands exactly on q(x_{t_prev} | x0) with the same eps.
         on_path = x0 if t_prev < 0 else diffusion.q_sample(x0, torch.full((shape[0],), t_prev), eps)
-        _expect_close(_call(fn, x_t, eps, alpha_bar_t, alpha_bar_prev, 0.0, None), on_path,
-                      f"{where}, eta = 0, eps_hat = the true eps", hint, rtol=1e-4, atol=1e-4,
-                      mistakes={"flip the sign inside x0_hat: (x_t + sqrt(1 - alpha_bar_t) eps_hat)":
-                                alpha_bar_prev.sqrt() * (x_t + (1 - alpha_bar_t).sqrt() * eps) / alpha_bar_t.sqrt()
-                                + (1 - alpha_bar_prev).sqrt() * eps})
+        expect_close(call(fn, x_t, eps, alpha_bar_t, alpha_bar_prev, 0.0, None), on_path,
+                     f"{where}, eta = 0, eps_hat = the true eps", hint, rtol=1e-4, atol=1e-4,
+                     mistakes={"flip the sign inside x0_hat: (x_t + sqrt(1 - alpha_bar_t) eps_hat)":
+                               alpha_bar_prev.sqrt() * (x_t + (1 - alpha_bar_t).sqrt() * eps) / alpha_bar_t.sqrt()
+                               + (1 - alpha_bar_prev).sqrt() * eps})
 
         # (b) eta = 0 against minidiff's sampler; the noise must not matter.
         expected = ddim_step(diffusion, eps_hat, x_t, t, t_prev, None, eta=0.0)
-        _expect_close(_call(fn, x_t, eps_hat, alpha_bar_t, alpha_bar_prev, 0.0, None), expected,
-                      f"{where}, eta = 0", hint, atol=1e-4)
-        _expect_close(_call(fn, x_t, eps_hat, alpha_bar_t, alpha_bar_prev, 0.0, noise), expected,
-                      f"{where}, eta = 0 with a noise tensor passed in",
-                      "eta = 0 makes sigma = 0: DDIM is deterministic and the noise must not change x_prev.",
-                      atol=1e-4)
+        expect_close(call(fn, x_t, eps_hat, alpha_bar_t, alpha_bar_prev, 0.0, None), expected,
+                     f"{where}, eta = 0", hint, atol=1e-4)
+        expect_close(call(fn, x_t, eps_hat, alpha_bar_t, alpha_bar_prev, 0.0, noise), expected,
+                     f"{where}, eta = 0 with a noise tensor passed in",
+                     "eta = 0 makes sigma = 0: DDIM is deterministic and the noise must not change x_prev.",
+                     atol=1e-4)
 
         # (c) eta = 1 is DDPM's ancestral step with the posterior variance beta-tilde (DDIM, after eq. 12).
-        got = _call(fn, x_t, eps_hat, alpha_bar_t, alpha_bar_prev, 1.0, noise)
-        _expect_close(got, ddim_step(diffusion, eps_hat, x_t, t, t_prev, noise, eta=1.0),
-                      f"{where}, eta = 1", hint_sigma, atol=1e-4,
-                      mistakes={"ignore eta (always deterministic)": expected})
-        _expect_close(got, ddpm_step(diffusion, eps_hat, x_t, t, t_prev, noise, variance="beta_tilde"),
-                      f"{where}, eta = 1 against DDPM's ancestral step with variance beta-tilde", hint_sigma,
-                      atol=1e-4)
+        got = call(fn, x_t, eps_hat, alpha_bar_t, alpha_bar_prev, 1.0, noise)
+        expect_close(got, ddim_step(diffusion, eps_hat, x_t, t, t_prev, noise, eta=1.0),
+                     f"{where}, eta = 1", hint_sigma, atol=1e-4,
+                     mistakes={"ignore eta (always deterministic)": expected})
+        expect_close(got, ddpm_step(diffusion, eps_hat, x_t, t, t_prev, noise, variance="beta_tilde"),
+                     f"{where}, eta = 1 against DDPM's ancestral step with variance beta-tilde", hint_sigma,
+                     atol=1e-4)
 
         # (d) Something in between.
-        _expect_close(_call(fn, x_t, eps_hat, alpha_bar_t, alpha_bar_prev, 0.5, noise),
-                      ddim_step(diffusion, eps_hat, x_t, t, t_prev, noise, eta=0.5),
-                      f"{where}, eta = 0.5", hint_sigma, atol=1e-4)
+        expect_close(call(fn, x_t, eps_hat, alpha_bar_t, alpha_bar_prev, 0.5, noise),
+                     ddim_step(diffusion, eps_hat, x_t, t, t_prev, noise, eta=0.5),
+                     f"{where}, eta = 0.5", hint_sigma, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Running every check.
 # ---------------------------------------------------------------------------------------------------------
 
-CHECKS: dict[str, Callable[[Callable], None]] = {
+TITLE = "Chapter 1 exercises"
+CHECKS: dict[str, Check] = {
     "q_sample": check_q_sample,
     "posterior_mean_variance": check_posterior_mean_variance,
     "v_target": check_v_target,
@@ -383,8 +317,8 @@ EXERCISES = tuple(CHECKS)
 def run_checks(module: ModuleType) -> int:
     """Check every exercise function found in `module`; print one line per exercise, a summary, then the
     details of each failure. Returns the number of exercises that failed."""
-    return report(module, CHECKS, "Chapter 1 exercises")
+    return report(module, CHECKS, TITLE)
 
 
 if __name__ == "__main__":
-    command_line("minidiff.exercises.ch01", CHECKS, "Chapter 1 exercises")
+    command_line("minidiff.exercises.ch01", CHECKS, TITLE)

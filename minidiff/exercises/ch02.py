@@ -5,7 +5,7 @@ own implementation in `minidiff.models.autoencoder` and `minidiff.training.autoe
 properties of the maths. It returns quietly when everything agrees and raises AssertionError otherwise, saying
 what was expected, what came back, and giving a hint. A function that still raises NotImplementedError fails
 with `NotImplementedYet`, a kind of AssertionError. `run_checks(module)` runs them all. The helpers that call
-the learner's function and compare tensors are Chapter 1's.
+the learner's function and compare tensors are minidiff.exercises.checking's.
 
 | exercise                   | paper                                       | minidiff reference          |
 |----------------------------|---------------------------------------------|-----------------------------|
@@ -27,38 +27,15 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from minidiff.exercises import command_line, report
-from minidiff.exercises.ch01 import _call, _expect_close, _preview
+from minidiff.exercises.checking import (Check, call, command_line, expect_close, expect_float, expect_pair,
+                                          preview, report)
 from minidiff.models.autoencoder import LOGVAR_RANGE, DiagonalGaussian, fit_latent_scaling
 from minidiff.training.autoencoder import ADAPTIVE_WEIGHT_MAX, adaptive_weight, hinge_discriminator_loss, psnr
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Helpers: Python numbers (exercise 3 returns floats, the way a config stores them).
+# Helpers: a made-up posterior.
 # ---------------------------------------------------------------------------------------------------------
-
-def _expect_float(got, expected: float, what: str, hint: str, rtol: float = 1e-5, atol: float = 1e-7,
-                  mistakes: dict[str, float] | None = None) -> None:
-    """Assert that `got` is a Python number close to `expected`; name a known mistake if `got` matches one."""
-    if isinstance(got, bool) or not isinstance(got, (int, float)):
-        raise AssertionError(f"{what}: expected a Python float, got {type(got).__name__}.\n"
-                             f"  Hint: turn a 0-d tensor into a float with .item(); a config stores floats.")
-    if math.isclose(got, expected, rel_tol=rtol, abs_tol=atol):
-        return
-    message = f"{what}: expected {expected:.7g}, got {got:.7g}.\n"
-    for description, wrong in (mistakes or {}).items():
-        if math.isclose(got, wrong, rel_tol=rtol, abs_tol=atol):
-            message += f"  This is what you get if you {description}.\n"
-            break
-    raise AssertionError(message + f"  Hint: {hint}")
-
-
-def _float_pair(result, what: str) -> tuple:
-    if not isinstance(result, (tuple, list)) or len(result) != 2:
-        raise AssertionError(f"{what}: expected a pair of floats, got {type(result).__name__}.\n"
-                             f"  Hint: end with `return scaling_factor, shift_factor`.")
-    return tuple(result)
-
 
 def _posterior(seed: int, shape: tuple[int, ...] = (3, 4, 8, 8)) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, logvar) of a made-up posterior, (B, L, h, w) each, with sigma from about e^-3 to e^3."""
@@ -79,28 +56,28 @@ def check_reparameterize(fn: Callable) -> None:
     zeros = torch.zeros(mean.shape)
     where = f"z for mean and logvar of shape {tuple(mean.shape)}"
 
-    _expect_close(_call(fn, mean, logvar, zeros), mean, f"{where}, eps = 0",
-                  "with eps = 0 the sample is the mean itself: z = mean + sigma * 0. Use the eps you are given; "
-                  "drawing your own noise makes z impossible to check.")
-    _expect_close(_call(fn, zeros, logvar, eps), posterior.std * eps, f"{where}, mean = 0 (the noise part)", hint,
-                  mistakes={"use exp(logvar), the variance, as the standard deviation": logvar.exp() * eps})
+    expect_close(call(fn, mean, logvar, zeros), mean, f"{where}, eps = 0",
+                 "with eps = 0 the sample is the mean itself: z = mean + sigma * 0. Use the eps you are given; "
+                 "drawing your own noise makes z impossible to check.")
+    expect_close(call(fn, zeros, logvar, eps), posterior.std * eps, f"{where}, mean = 0 (the noise part)", hint,
+                 mistakes={"use exp(logvar), the variance, as the standard deviation": logvar.exp() * eps})
     # The same eps as DiagonalGaussian.sample draws from this generator.
-    _expect_close(_call(fn, mean, logvar, eps), posterior.sample(generator=torch.Generator().manual_seed(22)),
-                  where, hint)
+    expect_close(call(fn, mean, logvar, eps), posterior.sample(generator=torch.Generator().manual_seed(22)),
+                 where, hint)
 
     # The clamp: outside [-30, 20] the log-variance is held at the boundary.
     low, high = LOGVAR_RANGE
     wild = torch.tensor([low - 10, low, 0.0, high, high + 5, high + 30]).reshape(1, 1, 2, 3)   # (1, 1, 2, 3)
     ones = torch.ones(wild.shape)
-    _expect_close(_call(fn, torch.zeros(wild.shape), wild, ones), DiagonalGaussian(torch.cat([0 * wild, wild], 1)).std,
-                  f"z for logvar = {wild.flatten().tolist()}, mean = 0, eps = 1", rtol=1e-5, atol=0,
-                  hint=f"clamp logvar to LOGVAR_RANGE = {LOGVAR_RANGE} before the exponential, as LDM does: "
-                       f"logvar.clamp(-30.0, 20.0).",
-                  mistakes={"forget to clamp logvar to [-30, 20]": torch.exp(0.5 * wild)})
+    expect_close(call(fn, torch.zeros(wild.shape), wild, ones), DiagonalGaussian(torch.cat([0 * wild, wild], 1)).std,
+                 f"z for logvar = {wild.flatten().tolist()}, mean = 0, eps = 1", rtol=1e-5, atol=0,
+                 hint=f"clamp logvar to LOGVAR_RANGE = {LOGVAR_RANGE} before the exponential, as LDM does: "
+                      f"logvar.clamp(-30.0, 20.0).",
+                 mistakes={"forget to clamp logvar to [-30, 20]": torch.exp(0.5 * wild)})
 
     # The point of the trick: z is a differentiable function of mean and logvar, so gradients reach the encoder.
     mean, logvar = mean.clone().requires_grad_(), logvar.clone().requires_grad_()
-    z = _call(fn, mean, logvar, eps)
+    z = call(fn, mean, logvar, eps)
     hint_grad = ("the trick exists so that gradients reach the encoder: compute z from mean and logvar with plain "
                  "torch operations, without .detach(), torch.no_grad() or a fresh random draw.")
     if not z.requires_grad:
@@ -111,8 +88,8 @@ def check_reparameterize(fn: Callable) -> None:
                                  ("logvar", logvar.grad, 0.5 * posterior.std * eps)):
         if grad is None:
             raise AssertionError(f"gradient of z with respect to {name}: none reached it.\n  Hint: {hint_grad}")
-        _expect_close(grad, expected, f"gradient of sum(z) with respect to {name}",
-                      "dz/dmean = 1 and dz/dlogvar = 0.5 * sigma * eps. " + hint_grad)
+        expect_close(grad, expected, f"gradient of sum(z) with respect to {name}",
+                     "dz/dmean = 1 and dz/dlogvar = 0.5 * sigma * eps. " + hint_grad)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -129,29 +106,29 @@ def check_gaussian_kl(fn: Callable) -> None:
 
     # Closed form: zero exactly when the posterior is the prior.
     zeros = torch.zeros(mean.shape)
-    _expect_close(_call(fn, zeros, zeros), torch.zeros(batch), f"{where}, mean = 0 and logvar = 0 (q = p)", hint,
-                  mistakes={"leave out the -1": torch.full((batch,), 0.5 * numel),
-                            "average over L, h, w instead of summing": torch.full((batch,), 0.5)})
+    expect_close(call(fn, zeros, zeros), torch.zeros(batch), f"{where}, mean = 0 and logvar = 0 (q = p)", hint,
+                 mistakes={"leave out the -1": torch.full((batch,), 0.5 * numel),
+                           "average over L, h, w instead of summing": torch.full((batch,), 0.5)})
 
     per_element = mean**2 + logvar.exp() - 1 - logvar                                  # (B, L, h, w)
-    _expect_close(_call(fn, mean, logvar), DiagonalGaussian(torch.cat([mean, logvar], dim=1)).kl(), where, hint,
-                  mistakes={"leave out the -1": 0.5 * (per_element + 1).sum(dim=(1, 2, 3)),
-                            "average over L, h, w instead of summing": 0.5 * per_element.mean(dim=(1, 2, 3)),
-                            "forget the factor 1/2": per_element.sum(dim=(1, 2, 3)),
-                            "use sigma = exp(0.5 logvar) where sigma^2 = exp(logvar) belongs":
-                            0.5 * (mean**2 + (0.5 * logvar).exp() - 1 - logvar).sum(dim=(1, 2, 3)),
-                            "add logvar instead of subtracting it":
-                            0.5 * (mean**2 + logvar.exp() - 1 + logvar).sum(dim=(1, 2, 3))})
+    expect_close(call(fn, mean, logvar), DiagonalGaussian(torch.cat([mean, logvar], dim=1)).kl(), where, hint,
+                 mistakes={"leave out the -1": 0.5 * (per_element + 1).sum(dim=(1, 2, 3)),
+                           "average over L, h, w instead of summing": 0.5 * per_element.mean(dim=(1, 2, 3)),
+                           "forget the factor 1/2": per_element.sum(dim=(1, 2, 3)),
+                           "use sigma = exp(0.5 logvar) where sigma^2 = exp(logvar) belongs":
+                           0.5 * (mean**2 + (0.5 * logvar).exp() - 1 - logvar).sum(dim=(1, 2, 3)),
+                           "add logvar instead of subtracting it":
+                           0.5 * (mean**2 + logvar.exp() - 1 + logvar).sum(dim=(1, 2, 3))})
 
     # Golden values, one latent element each: N(1, 1) costs 1/2 nat; N(0, 2) costs (1 - ln 2) / 2.
-    got = _call(fn, torch.tensor([1.0, 0.0]).reshape(2, 1, 1, 1), torch.tensor([0.0, math.log(2)]).reshape(2, 1, 1, 1))
-    _expect_close(got, torch.tensor([0.5, (1 - math.log(2)) / 2]), "KL of N(1, 1) and of N(0, 2) to N(0, 1)", hint,
-                  rtol=1e-5, atol=1e-6)
+    got = call(fn, torch.tensor([1.0, 0.0]).reshape(2, 1, 1, 1), torch.tensor([0.0, math.log(2)]).reshape(2, 1, 1, 1))
+    expect_close(got, torch.tensor([0.5, (1 - math.log(2)) / 2]), "KL of N(1, 1) and of N(0, 2) to N(0, 1)", hint,
+                 rtol=1e-5, atol=1e-6)
 
     # Any other posterior costs something: the KL is positive.
-    got = _call(fn, zeros, logvar)
+    got = call(fn, zeros, logvar)
     if not bool((got > 0).all()):
-        raise AssertionError(f"KL with mean = 0 and logvar != 0: expected positive values, got {_preview(got)}.\n"
+        raise AssertionError(f"KL with mean = 0 and logvar != 0: expected positive values, got {preview(got)}.\n"
                              f"  Hint: sigma^2 - 1 - log sigma^2 >= 0, with equality only at sigma = 1. {hint}")
 
     # What the formula is: the expectation under q of log q(z) - log p(z), estimated from samples.
@@ -160,7 +137,7 @@ def check_gaussian_kl(fn: Callable) -> None:
     z = mean + (0.5 * logvar).exp() * eps                                             # (N, 2, 1, 1) samples of q
     log_ratio = (-0.5 * logvar - 0.5 * eps**2 + 0.5 * z**2).sum(dim=(1, 2, 3))        # (N,) log q(z) - log p(z)
     estimate, error = log_ratio.mean(), log_ratio.std() / math.sqrt(len(log_ratio))
-    got = _call(fn, mean, logvar)
+    got = call(fn, mean, logvar)
     if abs(got.item() - estimate.item()) > 4 * error.item():
         raise AssertionError(f"KL against a Monte-Carlo estimate E_q[log q(z) - log p(z)] from 100,000 samples: "
                              f"expected {estimate.item():.4f} +- {4 * error.item():.4f}, got {got.item():.4f}.\n"
@@ -189,15 +166,16 @@ def check_latent_scale(fn: Callable) -> None:
                     1 / values.pow(2).mean().sqrt().item()}
         for shift in (False, True):
             where = f"latent_scale on {description}, shift={shift}"
-            got = _float_pair(_call(fn, latents, shift=True) if shift else _call(fn, latents), where)
+            result = call(fn, latents, shift=True) if shift else call(fn, latents)
+            got = expect_pair(result, where, "a pair of floats", "end with `return scaling_factor, shift_factor`.")
             expected_scale, expected_shift = fit_latent_scaling(latents, shift=shift)
-            _expect_float(got[0], expected_scale, f"{where}: scaling_factor", hint, mistakes=mistakes)
-            _expect_float(got[1], expected_shift, f"{where}: shift_factor", hint,
-                          mistakes={"return the mean even though shift is False": values.mean().item()})
+            expect_float(got[0], expected_scale, f"{where}: scaling_factor", hint, mistakes=mistakes)
+            expect_float(got[1], expected_shift, f"{where}: shift_factor", hint,
+                         mistakes={"return the mean even though shift is False": values.mean().item()})
             # What the numbers are for: the latents the diffusion model sees have unit std (and zero mean if shift).
             scaled = (values - got[1]) * got[0]
-            _expect_float(scaled.std().item(), 1.0, f"{where}: std of (latents - shift_factor) * scaling_factor",
-                          hint)
+            expect_float(scaled.std().item(), 1.0, f"{where}: std of (latents - shift_factor) * scaling_factor",
+                         hint)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -213,21 +191,21 @@ def check_hinge_discriminator_loss(fn: Callable) -> None:
     real = 1.5 * torch.randn(shape, generator=g) + 0.5
     fake = 1.5 * torch.randn(shape, generator=g) - 0.5
     where = f"hinge loss for logits of shape {shape}"
-    _expect_close(_call(fn, real, fake), hinge_discriminator_loss(real, fake), where, hint,
-                  mistakes={"leave out the factor 1/2": F.relu(1 - real).mean() + F.relu(1 + fake).mean(),
-                            "flip the sign on the fakes: ReLU(1 - D(x_hat))":
-                            0.5 * (F.relu(1 - real).mean() + F.relu(1 - fake).mean()),
-                            "forget the ReLU (then there is no margin: the loss has no floor)":
-                            0.5 * ((1 - real).mean() + (1 + fake).mean()),
-                            "sum over patches instead of averaging":
-                            0.5 * (F.relu(1 - real).sum() + F.relu(1 + fake).sum())})
+    expect_close(call(fn, real, fake), hinge_discriminator_loss(real, fake), where, hint,
+                 mistakes={"leave out the factor 1/2": F.relu(1 - real).mean() + F.relu(1 + fake).mean(),
+                           "flip the sign on the fakes: ReLU(1 - D(x_hat))":
+                           0.5 * (F.relu(1 - real).mean() + F.relu(1 - fake).mean()),
+                           "forget the ReLU (then there is no margin: the loss has no floor)":
+                           0.5 * ((1 - real).mean() + (1 + fake).mean()),
+                           "sum over patches instead of averaging":
+                           0.5 * (F.relu(1 - real).sum() + F.relu(1 + fake).sum())})
 
     # Closed forms: an undecided discriminator (all logits 0) pays 1; one past the margin pays nothing.
     zeros = torch.zeros(shape)
-    _expect_close(_call(fn, zeros, zeros), torch.tensor(1.0), f"{where}, all logits 0", hint)
+    expect_close(call(fn, zeros, zeros), torch.tensor(1.0), f"{where}, all logits 0", hint)
     margin = torch.rand(shape, generator=g)
-    _expect_close(_call(fn, 1 + margin, -1 - margin), torch.tensor(0.0),
-                  f"{where}, real logits >= 1 and fake logits <= -1", "past the margin a patch costs nothing: " + hint)
+    expect_close(call(fn, 1 + margin, -1 - margin), torch.tensor(0.0),
+                 f"{where}, real logits >= 1 and fake logits <= -1", "past the margin a patch costs nothing: " + hint)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -267,23 +245,23 @@ def check_adaptive_weight(fn: Callable) -> None:
         expected = adaptive_weight(rec_loss, g_loss, last_layer, *disc_weight_arg)
 
         rec_loss, g_loss, last_layer = _tiny_decoder_losses(seed, **scales)       # a fresh graph for the learner
-        got = _call(fn, rec_loss, g_loss, last_layer, *disc_weight_arg)
-        _expect_close(got, expected, where, hint, rtol=1e-5,
-                      mistakes={"forget the clamp at 1e4": weight * rec_norm / (g_norm + 1e-4),
-                                "clamp after multiplying by disc_weight (clamp the ratio, then scale it)":
-                                (weight * rec_norm / (g_norm + 1e-4)).clamp(0, ADAPTIVE_WEIGHT_MAX),
-                                "forget the 1e-4 in the denominator":
-                                weight * (rec_norm / g_norm).clamp(0, ADAPTIVE_WEIGHT_MAX),
-                                "divide the other way round (||grad g_loss|| / ||grad rec_loss||)":
-                                weight * (g_norm / (rec_norm + 1e-4)).clamp(0, ADAPTIVE_WEIGHT_MAX),
-                                "use squared norms":
-                                weight * (rec_norm**2 / (g_norm**2 + 1e-4)).clamp(0, ADAPTIVE_WEIGHT_MAX)})
+        got = call(fn, rec_loss, g_loss, last_layer, *disc_weight_arg)
+        expect_close(got, expected, where, hint, rtol=1e-5,
+                     mistakes={"forget the clamp at 1e4": weight * rec_norm / (g_norm + 1e-4),
+                               "clamp after multiplying by disc_weight (clamp the ratio, then scale it)":
+                               (weight * rec_norm / (g_norm + 1e-4)).clamp(0, ADAPTIVE_WEIGHT_MAX),
+                               "forget the 1e-4 in the denominator":
+                               weight * (rec_norm / g_norm).clamp(0, ADAPTIVE_WEIGHT_MAX),
+                               "divide the other way round (||grad g_loss|| / ||grad rec_loss||)":
+                               weight * (g_norm / (rec_norm + 1e-4)).clamp(0, ADAPTIVE_WEIGHT_MAX),
+                               "use squared norms":
+                               weight * (rec_norm**2 / (g_norm**2 + 1e-4)).clamp(0, ADAPTIVE_WEIGHT_MAX)})
         if got.requires_grad:
             raise AssertionError(f"{where}: the weight still requires grad, so the training step would "
                                  f"backpropagate through it.\n  Hint: return the weight .detach()ed; it is a "
                                  f"number that balances two losses, not something to train.")
         if last_layer.grad is not None:
-            raise AssertionError(f"{where}: last_layer.grad was written ({_preview(last_layer.grad)}), so the "
+            raise AssertionError(f"{where}: last_layer.grad was written ({preview(last_layer.grad)}), so the "
                                  f"optimizer would see these gradients too.\n  Hint: use torch.autograd.grad, which "
                                  f"returns the gradient instead of accumulating it into .grad as .backward() does.")
         try:
@@ -310,29 +288,30 @@ def check_psnr(fn: Callable) -> None:
     mse = (x - x_hat.clamp(-1, 1)).pow(2).mean(dim=(1, 2, 3))                        # (B,)
     mse_unclamped = (x - x_hat).pow(2).mean(dim=(1, 2, 3))                           # (B,)
     where = f"PSNR of images of shape {tuple(x.shape)} at noise levels {noise_levels}"
-    _expect_close(_call(fn, x, x_hat), psnr(x, x_hat), where, hint, atol=1e-3,
-                  mistakes={"use a peak of 1 (pixels in [0, 1]) instead of [-1, 1]'s 2": 10 * torch.log10(1 / mse),
-                            "forget to clamp x_hat to [-1, 1]": 10 * torch.log10(4 / mse_unclamped),
-                            "take 20 log10 of peak^2 / MSE (20 log10 goes with peak / RMSE)":
-                            20 * torch.log10(4 / mse),
-                            "use the natural logarithm instead of log10": 10 * torch.log(4 / mse),
-                            "average the MSE over the whole batch": (10 * torch.log10(4 / mse.mean())).expand(4)})
+    expect_close(call(fn, x, x_hat), psnr(x, x_hat), where, hint, atol=1e-3,
+                 mistakes={"use a peak of 1 (pixels in [0, 1]) instead of [-1, 1]'s 2": 10 * torch.log10(1 / mse),
+                           "forget to clamp x_hat to [-1, 1]": 10 * torch.log10(4 / mse_unclamped),
+                           "take 20 log10 of peak^2 / MSE (20 log10 goes with peak / RMSE)":
+                           20 * torch.log10(4 / mse),
+                           "use the natural logarithm instead of log10": 10 * torch.log(4 / mse),
+                           "average the MSE over the whole batch": (10 * torch.log10(4 / mse.mean())).expand(4)})
 
     # Golden values on a mid-grey image (all pixels 0): an error of 0.1 everywhere, a value of 2 clipped to 1, no error.
     grey = torch.zeros(3, 1, 4, 4)
     x_hat = torch.tensor([0.1, 2.0, 0.0]).reshape(3, 1, 1, 1).expand(grey.shape)
     expected = torch.tensor([10 * math.log10(400), 10 * math.log10(4), 10 * math.log10(4e12)])   # dB
-    _expect_close(_call(fn, grey, x_hat), expected,
-                  "PSNR of a grey image (all 0) reconstructed as 0.1, as 2.0 (clipped to 1) and exactly",
-                  "MSE 0.01 gives 10 log10(4 / 0.01) = 26.02 dB; x_hat = 2 is clipped to 1, giving 6.02 dB; a perfect "
-                  "reconstruction has its MSE floored at 1e-12 and gives 126.02 dB. " + hint, atol=1e-3)
+    expect_close(call(fn, grey, x_hat), expected,
+                 "PSNR of a grey image (all 0) reconstructed as 0.1, as 2.0 (clipped to 1) and exactly",
+                 "MSE 0.01 gives 10 log10(4 / 0.01) = 26.02 dB; x_hat = 2 is clipped to 1, giving 6.02 dB; a perfect "
+                 "reconstruction has its MSE floored at 1e-12 and gives 126.02 dB. " + hint, atol=1e-3)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Running every check.
 # ---------------------------------------------------------------------------------------------------------
 
-CHECKS: dict[str, Callable[[Callable], None]] = {
+TITLE = "Chapter 2 exercises"
+CHECKS: dict[str, Check] = {
     "reparameterize": check_reparameterize,
     "gaussian_kl": check_gaussian_kl,
     "latent_scale": check_latent_scale,
@@ -346,8 +325,8 @@ EXERCISES = tuple(CHECKS)
 def run_checks(module: ModuleType) -> int:
     """Check every exercise function found in `module`; print one line per exercise, a summary, then the
     details of each failure. Returns the number of exercises that failed."""
-    return report(module, CHECKS, "Chapter 2 exercises")
+    return report(module, CHECKS, TITLE)
 
 
 if __name__ == "__main__":
-    command_line("minidiff.exercises.ch02", CHECKS, "Chapter 2 exercises")
+    command_line("minidiff.exercises.ch02", CHECKS, TITLE)

@@ -5,7 +5,7 @@ own implementation (the tokenizer, CLIP, the attention block, classifier-free gu
 properties of the maths. It returns quietly when everything agrees and raises AssertionError otherwise, saying
 what was expected, what came back, and giving a hint. A function that still raises NotImplementedError fails
 with `NotImplementedYet`, a kind of AssertionError. `run_checks(module)` runs them all. The helpers that
-compare tensors are Chapter 1's.
+call the learner's function and compare tensors are minidiff.exercises.checking's.
 
 | exercise                   | paper                                              | minidiff reference                   |
 |----------------------------|----------------------------------------------------|--------------------------------------|
@@ -31,29 +31,14 @@ from einops import rearrange
 
 from minidiff.blocks.attention import Attention
 from minidiff.data.tokenizer import BPETokenizer, merge_pair, word_symbols
-from minidiff.exercises import NotImplementedYet, command_line, report
-from minidiff.exercises.ch01 import _describe, _expect_close
+from minidiff.exercises.checking import Check, call, command_line, expect_close, report
 from minidiff.models.clip import SelfAttention, contrastive_loss
 from minidiff.process.guidance import drop_condition, guide
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Helpers: call the learner's function with a hint of this chapter; compare lists of symbols.
+# Helpers: compare lists of symbols.
 # ---------------------------------------------------------------------------------------------------------
-
-def _call(fn: Callable, *args, hint: str, **kwargs):
-    """fn(*args, **kwargs), turning whatever the learner's code raises into an AssertionError ending in `hint`."""
-    try:
-        return fn(*args, **kwargs)
-    except NotImplementedError as e:
-        raise NotImplementedYet(f"not implemented yet ({e})" if str(e) else "not implemented yet") from None
-    except Exception as e:
-        shown = ", ".join([_describe(a) for a in args] + [f"{k}={_describe(v)}" for k, v in kwargs.items()])
-        raise AssertionError(f"{getattr(fn, '__name__', 'the function')}({shown}) raised "
-                             f"{type(e).__name__}: {e}\n"
-                             f"  Hint: call it yourself on inputs of these shapes and read the traceback. "
-                             f"{hint}") from e
-
 
 def _expect_symbols(got, expected: list[str], what: str, hint: str,
                     mistakes: dict[str, list[str]] | None = None) -> None:
@@ -98,7 +83,7 @@ def check_bpe_merge(fn: Callable) -> None:
              (["a</w>"], ("a</w>", "a</w>"), {})]
     for symbols, pair, mistakes in cases:
         before = list(symbols)
-        got = _call(fn, symbols, pair, hint=hint)
+        got = call(fn, symbols, pair, hint=hint)
         where = f"bpe_merge({before}, {pair})"
         _expect_symbols(got, merge_pair(before, pair), where, hint, mistakes)
         if symbols != before:
@@ -114,7 +99,7 @@ def check_bpe_merge(fn: Callable) -> None:
             best = min(zip(symbols, symbols[1:]), key=lambda p: tokenizer.ranks.get(p, math.inf), default=None)
             if best not in tokenizer.ranks:
                 break
-            merged = _call(fn, symbols, best, hint=hint)
+            merged = call(fn, symbols, best, hint=hint)
             if not isinstance(merged, list) or len(merged) >= len(symbols):
                 raise AssertionError(f"bpe_merge({symbols}, {best}) did not merge the pair, got {merged!r}.\n"
                                      f"  Hint: {hint}")
@@ -138,7 +123,7 @@ def check_causal_mask(fn: Callable) -> None:
             "-inf where j > i (the strict upper triangle: torch.triu with diagonal=1). Shape (L, L), float.")
     for length in (4, 1, 7):
         where = f"causal_mask({length})"
-        got = _call(fn, length, hint=hint)
+        got = call(fn, length, hint=hint)
         if not torch.is_tensor(got):
             raise AssertionError(f"{where}: expected a torch.Tensor, got {type(got).__name__}.\n  Hint: {hint}")
         if tuple(got.shape) != (length, length):
@@ -185,11 +170,11 @@ def check_causal_mask(fn: Callable) -> None:
             p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
         q, k, v = (rearrange(proj(x), "B L (heads d) -> B heads L d", heads=2)
                    for proj in (layer.q_proj, layer.k_proj, layer.v_proj))              # (B, heads, L, d)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(8) + _call(fn, 6, hint=hint)       # (B, heads, L, L)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(8) + call(fn, 6, hint=hint)        # (B, heads, L, L)
         h = rearrange(scores.softmax(dim=-1) @ v, "B heads L d -> B L (heads d)")       # (B, L, D)
-        _expect_close(layer.out_proj(h), layer(x, causal=True),
-                      "causal self-attention over 6 tokens with your mask added to the scores (CLIP's text "
-                      "layer: minidiff.models.clip.SelfAttention with causal=True)", hint)
+        expect_close(layer.out_proj(h), layer(x, causal=True),
+                     "causal self-attention over 6 tokens with your mask added to the scores (CLIP's text "
+                     "layer: minidiff.models.clip.SelfAttention with causal=True)", hint)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -217,41 +202,41 @@ def check_contrastive_loss(fn: Callable) -> None:
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
     scale = logit_scale.exp()
-    _expect_close(_call(fn, images, texts, logit_scale, hint=hint), contrastive_loss(images, texts, logit_scale),
-                  where, hint,
-                  mistakes={"forget to L2-normalise the embeddings": symmetric(scale * images @ texts.T),
-                            "normalise over the batch (dim 0) instead of each embedding (dim -1)":
-                            symmetric(scale * F.normalize(images, dim=0) @ F.normalize(texts, dim=0).T),
-                            "keep only the image-to-text direction (cross-entropy over the rows)":
-                            F.cross_entropy(scale * cosine, labels),
-                            "keep only the text-to-image direction (cross-entropy over the columns)":
-                            F.cross_entropy(scale * cosine.T, labels),
-                            "add the two directions without halving": 2 * symmetric(scale * cosine),
-                            "multiply by logit_scale itself instead of exp(logit_scale)":
-                            symmetric(logit_scale * cosine),
-                            "divide by exp(logit_scale) (it is the inverse temperature 1 / tau: multiply)":
-                            symmetric(cosine / scale),
-                            "divide by logit_scale (as if it were the temperature tau)":
-                            symmetric(cosine / logit_scale),
-                            "sum the cross-entropies over the batch instead of averaging":
-                            batch * symmetric(scale * cosine)})
+    expect_close(call(fn, images, texts, logit_scale, hint=hint), contrastive_loss(images, texts, logit_scale),
+                 where, hint,
+                 mistakes={"forget to L2-normalise the embeddings": symmetric(scale * images @ texts.T),
+                           "normalise over the batch (dim 0) instead of each embedding (dim -1)":
+                           symmetric(scale * F.normalize(images, dim=0) @ F.normalize(texts, dim=0).T),
+                           "keep only the image-to-text direction (cross-entropy over the rows)":
+                           F.cross_entropy(scale * cosine, labels),
+                           "keep only the text-to-image direction (cross-entropy over the columns)":
+                           F.cross_entropy(scale * cosine.T, labels),
+                           "add the two directions without halving": 2 * symmetric(scale * cosine),
+                           "multiply by logit_scale itself instead of exp(logit_scale)":
+                           symmetric(logit_scale * cosine),
+                           "divide by exp(logit_scale) (it is the inverse temperature 1 / tau: multiply)":
+                           symmetric(cosine / scale),
+                           "divide by logit_scale (as if it were the temperature tau)":
+                           symmetric(cosine / logit_scale),
+                           "sum the cross-entropies over the batch instead of averaging":
+                           batch * symmetric(scale * cosine)})
 
     # Closed forms. Orthogonal, perfectly matched pairs: the right text scores e^t, the B - 1 others 0.
     t = math.log(2.0)
-    got = _call(fn, 3 * torch.eye(4), 0.5 * torch.eye(4), torch.tensor(t), hint=hint)
-    _expect_close(got, torch.tensor(math.log(1 + 3 * math.exp(-2.0))),
-                  "contrastive loss of 4 orthogonal matched pairs (images 3 I, texts 0.5 I), exp(logit_scale) = 2",
-                  "each row's logits are exp(t) = 2 for the match and 0 for the 3 others: "
-                  "-log(e^2 / (e^2 + 3)) = log(1 + 3 e^-2) in both directions. " + hint)
+    got = call(fn, 3 * torch.eye(4), 0.5 * torch.eye(4), torch.tensor(t), hint=hint)
+    expect_close(got, torch.tensor(math.log(1 + 3 * math.exp(-2.0))),
+                 "contrastive loss of 4 orthogonal matched pairs (images 3 I, texts 0.5 I), exp(logit_scale) = 2",
+                 "each row's logits are exp(t) = 2 for the match and 0 for the 3 others: "
+                 "-log(e^2 / (e^2 + 3)) = log(1 + 3 e^-2) in both directions. " + hint)
     same = torch.randn(1, dim, generator=g).expand(5, dim)                               # (5, E), all equal
-    _expect_close(_call(fn, same, 2 * same, logit_scale, hint=hint), torch.tensor(math.log(5)),
-                  "contrastive loss of 5 pairs whose embeddings are all the same",
-                  "when every text is equally similar to every image, the loss is chance: log B = log 5. " + hint)
+    expect_close(call(fn, same, 2 * same, logit_scale, hint=hint), torch.tensor(math.log(5)),
+                 "contrastive loss of 5 pairs whose embeddings are all the same",
+                 "when every text is equally similar to every image, the loss is chance: log B = log 5. " + hint)
 
     # The temperature is learned: the gradient must reach logit_scale (and the embeddings).
     learned = logit_scale.clone().requires_grad_()
     images = images.clone().requires_grad_()
-    loss = _call(fn, images, texts, learned, hint=hint)
+    loss = call(fn, images, texts, learned, hint=hint)
     hint_grad = ("CLIP learns logit_scale with the rest of the model: compute exp(logit_scale) with torch "
                  "(logit_scale.exp()), not math.exp or .item(), and do not .detach() anything.")
     if not torch.is_tensor(loss) or not loss.requires_grad:
@@ -263,7 +248,7 @@ def check_contrastive_loss(fn: Callable) -> None:
     for name, grad in (("logit_scale", learned.grad), ("image_embeddings", images.grad)):
         if grad is None:
             raise AssertionError(f"gradient of the loss with respect to {name}: none reached it.\n  Hint: {hint_grad}")
-    _expect_close(learned.grad, reference.grad, "gradient of the loss with respect to logit_scale", hint_grad)
+    expect_close(learned.grad, reference.grad, "gradient of the loss with respect to logit_scale", hint_grad)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -305,15 +290,15 @@ def check_cross_attention(fn: Callable) -> None:
         with torch.no_grad():
             expected = layer(x, context)                                              # (B, L, C)
         where = f"cross-attention, {description} (C = {width}, D_ctx = {context_dim})"
-        got = _call(fn, x, context, *weights, heads, hint="nn.Linear stores its weight as (out, in), so a layer "
-                    "computes x @ w.T + b; queries come from x, keys and values from the context (B, M, D_ctx).")
+        got = call(fn, x, context, *weights, heads, hint="nn.Linear stores its weight as (out, in), so a layer "
+                   "computes x @ w.T + b; queries come from x, keys and values from the context (B, M, D_ctx).")
         if context_length == 1:   # one key: its softmax weight is 1, so every pixel receives the same value
-            _expect_close(got, expected, where,
-                          "with a single text token the softmax over the keys is exactly 1, so every pixel gets the "
-                          "same output, w_out (w_v c) + b_out. If yours varies from pixel to pixel, the softmax "
-                          "runs over the queries instead of the keys. " + hint,
-                          mistakes={"take the softmax over the queries (dim -2) instead of the keys (dim -1)":
-                                    _attention_variant(x, context, *weights, heads, softmax_dim=-2)})
+            expect_close(got, expected, where,
+                         "with a single text token the softmax over the keys is exactly 1, so every pixel gets the "
+                         "same output, w_out (w_v c) + b_out. If yours varies from pixel to pixel, the softmax "
+                         "runs over the queries instead of the keys. " + hint,
+                         mistakes={"take the softmax over the queries (dim -2) instead of the keys (dim -1)":
+                                   _attention_variant(x, context, *weights, heads, softmax_dim=-2)})
             continue
         knobs = {"divide the scores by head_dim instead of sqrt(head_dim)": dict(scale="d"),
                  "divide the scores by sqrt(C), the full width, instead of sqrt(head_dim)": dict(scale="width"),
@@ -324,7 +309,7 @@ def check_cross_attention(fn: Callable) -> None:
                  "ignore the heads (one head of width C)": dict(heads=1)}
         mistakes = {mistake: _attention_variant(x, context, *weights, **{"heads": heads, **knob})
                     for mistake, knob in knobs.items()}
-        _expect_close(got, expected, where, hint, mistakes=mistakes)
+        expect_close(got, expected, where, hint, mistakes=mistakes)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -348,7 +333,7 @@ def check_drop_condition(fn: Callable) -> None:
 
     for p_uncond, seed in ((0.0, 35), (1.0, 36), (0.1, 37), (0.5, 38)):
         where = f"drop_condition on {batch} captions of shape ({length}, {dim}), p_uncond = {p_uncond}"
-        got = _call(fn, context, null_context, p_uncond, torch.Generator().manual_seed(seed), hint=hint)
+        got = call(fn, context, null_context, p_uncond, torch.Generator().manual_seed(seed), hint=hint)
         if not torch.equal(context, kept):
             raise AssertionError(f"{where}: your function changed `context` in place.\n  Hint: the caller still "
                                  f"holds the captions; build the result with torch.where instead of assigning "
@@ -357,16 +342,16 @@ def check_drop_condition(fn: Callable) -> None:
         def replay(*shape: int) -> torch.Tensor:                                     # the draw, replayed
             return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
 
-        _expect_close(got, drop_condition(context, null_context, p_uncond, torch.Generator().manual_seed(seed)),
-                      where, hint,
-                      mistakes={"drop where u > p_uncond (that drops with probability 1 - p_uncond)":
-                                where_dropped((replay(batch) >= p_uncond).view(batch, 1, 1)),
-                                "draw one number for the whole batch (then all captions are dropped or none)":
-                                where_dropped((replay(1) < p_uncond).view(1, 1, 1).expand(batch, 1, 1)),
-                                "draw one number per token instead of one per example":
-                                where_dropped((replay(batch, length) < p_uncond).view(batch, length, 1)),
-                                "ignore p_uncond and drop nothing": context,
-                                "drop every caption": null_context.expand(batch, length, dim)})
+        expect_close(got, drop_condition(context, null_context, p_uncond, torch.Generator().manual_seed(seed)),
+                     where, hint,
+                     mistakes={"drop where u > p_uncond (that drops with probability 1 - p_uncond)":
+                               where_dropped((replay(batch) >= p_uncond).view(batch, 1, 1)),
+                               "draw one number for the whole batch (then all captions are dropped or none)":
+                               where_dropped((replay(1) < p_uncond).view(1, 1, 1).expand(batch, 1, 1)),
+                               "draw one number per token instead of one per example":
+                               where_dropped((replay(batch, length) < p_uncond).view(batch, length, 1)),
+                               "ignore p_uncond and drop nothing": context,
+                               "drop every caption": null_context.expand(batch, length, dim)})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -382,34 +367,35 @@ def check_classifier_free_guidance(fn: Callable) -> None:
     saved = cond.clone(), uncond.clone()
     for guidance_scale in (7.5, 1.0, 0.0, 3.0):
         where = f"guided prediction for eps of shape {tuple(cond.shape)}, guidance_scale = {guidance_scale}"
-        got = _call(fn, cond, uncond, guidance_scale, hint=hint)
+        got = call(fn, cond, uncond, guidance_scale, hint=hint)
         if not (torch.equal(cond, saved[0]) and torch.equal(uncond, saved[1])):
             raise AssertionError(f"{where}: your function changed cond or uncond in place.\n  Hint: the sampler "
                                  f"may reuse both; compute a new tensor (no +=, no .mul_()).")
         s = guidance_scale
-        _expect_close(got, guide(cond, uncond, guidance_scale), where, hint,
-                      mistakes={"swap cond and uncond": cond + s * (uncond - cond),
-                                "use guidance_scale as Ho & Salimans' w ((1 + w) cond - w uncond), where diffusers' "
-                                "guidance_scale is 1 + w": (1 + s) * cond - s * uncond,
-                                "leave out the starting point uncond": s * (cond - uncond)})
+        expect_close(got, guide(cond, uncond, guidance_scale), where, hint,
+                     mistakes={"swap cond and uncond": cond + s * (uncond - cond),
+                               "use guidance_scale as Ho & Salimans' w ((1 + w) cond - w uncond), where diffusers' "
+                               "guidance_scale is 1 + w": (1 + s) * cond - s * uncond,
+                               "leave out the starting point uncond": s * (cond - uncond)})
 
     # The same formula in Ho & Salimans' notation: eps_tilde = (1 + w) eps(c) - w eps(null), with w = scale - 1.
     w = 2.0
-    _expect_close(_call(fn, cond, uncond, 1 + w, hint=hint), (1 + w) * cond - w * uncond,
-                  f"Ho & Salimans eq. 6 with w = {w}: (1 + w) cond - w uncond, i.e. guidance_scale = 1 + w = {1 + w}",
-                  "the paper's w counts the extra push beyond the conditional prediction, so w = 0 means no "
-                  "guidance; diffusers' guidance_scale = 1 + w. " + hint)
+    expect_close(call(fn, cond, uncond, 1 + w, hint=hint), (1 + w) * cond - w * uncond,
+                 f"Ho & Salimans eq. 6 with w = {w}: (1 + w) cond - w uncond, i.e. guidance_scale = 1 + w = {1 + w}",
+                 "the paper's w counts the extra push beyond the conditional prediction, so w = 0 means no "
+                 "guidance; diffusers' guidance_scale = 1 + w. " + hint)
     # A scalar example to do by hand: cond = 1, uncond = 0.5, scale 7.5 -> 0.5 + 7.5 * 0.5 = 4.25.
-    got = _call(fn, torch.tensor([1.0]), torch.tensor([0.5]), 7.5, hint=hint)
-    _expect_close(got, torch.tensor([4.25]), "guided prediction for cond = 1, uncond = 0.5, guidance_scale = 7.5",
-                  "0.5 + 7.5 * (1 - 0.5) = 4.25: guidance extrapolates past cond, away from uncond. " + hint)
+    got = call(fn, torch.tensor([1.0]), torch.tensor([0.5]), 7.5, hint=hint)
+    expect_close(got, torch.tensor([4.25]), "guided prediction for cond = 1, uncond = 0.5, guidance_scale = 7.5",
+                 "0.5 + 7.5 * (1 - 0.5) = 4.25: guidance extrapolates past cond, away from uncond. " + hint)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Running every check.
 # ---------------------------------------------------------------------------------------------------------
 
-CHECKS: dict[str, Callable[[Callable], None]] = {
+TITLE = "Chapter 3 exercises"
+CHECKS: dict[str, Check] = {
     "bpe_merge": check_bpe_merge,
     "causal_mask": check_causal_mask,
     "contrastive_loss": check_contrastive_loss,
@@ -423,8 +409,8 @@ EXERCISES = tuple(CHECKS)
 def run_checks(module: ModuleType) -> int:
     """Check every exercise function found in `module`; print one line per exercise, a summary, then the
     details of each failure. Returns the number of exercises that failed."""
-    return report(module, CHECKS, "Chapter 3 exercises")
+    return report(module, CHECKS, TITLE)
 
 
 if __name__ == "__main__":
-    command_line("minidiff.exercises.ch03", CHECKS, "Chapter 3 exercises")
+    command_line("minidiff.exercises.ch03", CHECKS, TITLE)
