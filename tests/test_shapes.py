@@ -162,7 +162,8 @@ def test_grammar_examples(text, category):
     assert parse(plain_caption(spec)) == spec
 
 
-@pytest.mark.parametrize("text", ["", "   ", "a red hexagon", "a pink circle", "five red circles", "a red circle near a cat"])
+@pytest.mark.parametrize("text", ["", "   ", "a red hexagon", "a pink circle", "five red circles",
+                                  "a red circle near a cat"])
 def test_unreadable_prompts_are_clear_errors(text):
     with pytest.raises(CaptionError, match="prompt"):
         parse(text)
@@ -254,11 +255,136 @@ def test_build_is_reused_and_foreign_folders_are_kept(tmp_path):
     assert (foreign / "notes.txt").read_text() == "keep me"
 
 
+def build_files(out) -> set[str]:
+    return {p.relative_to(out).as_posix() for p in out.rglob("*")}
+
+
+def test_a_rebuild_never_deletes_what_the_user_put_there(tmp_path, capsys):
+    out = tmp_path / "shapes"
+    build_shapes(out, size=32, n=100)
+    built = build_files(out)
+    (out / "notes.txt").write_text("keep me")
+    for kwargs in ({"n": 120}, {"n": 100, "rebuild": True}):           # other parameters, or --rebuild
+        with pytest.raises(ValueError, match=r"holds notes\.txt beside an earlier Shapes build.*move it elsewhere"):
+            build_shapes(out, size=32, **kwargs)
+    assert main(["data", "shapes", "--size", "32", "--n", "100", "--out", str(out), "--rebuild"]) == 2
+    assert "notes.txt" in capsys.readouterr().err
+    (out / "train" / "mine.arrow").write_text("mine too")                # inside a split folder as well
+    with pytest.raises(ValueError, match=r"holds notes\.txt, train/mine\.arrow beside"):
+        build_shapes(out, size=32, n=120)
+    # nothing was lost: the notes, the file in the split, and the earlier build, which is still reused as it is
+    assert (out / "notes.txt").read_text() == "keep me" and (out / "train" / "mine.arrow").read_text() == "mine too"
+    assert build_files(out) == built | {"notes.txt", "train/mine.arrow"}
+    assert len(build_shapes(out, size=32, n=100)["train"]) == 100
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes"]     # no staging folder left beside it
+
+
+def test_other_parameters_replace_an_earlier_build_cleanly(tmp_path):
+    out = tmp_path / "shapes"
+    build_shapes(out, size=32, n=100)
+    first = build_files(out)
+    data = build_shapes(out, size=32, n=120, seed=1)
+    assert len(data["train"]) == 120 and json.loads((out / "minidiff_shapes.json").read_text())["seed"] == 1
+    assert build_files(out) == first                                  # the same files, with new contents
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes"]
+    assert np.array_equal(np.asarray(data["train"][3]["image"]), make_example("train", 3, 32, seed=1)["image"])
+
+
+def test_a_failed_build_leaves_the_earlier_one(tmp_path, monkeypatch):
+    from minidiff.data import shapes_dataset
+    from minidiff.io import FileError
+
+    out = tmp_path / "shapes"
+    build_shapes(out, size=32, n=100)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def full_disk(path, data):
+        raise FileError(f"could not write {path} (OSError: no space left on device)")
+
+    monkeypatch.setattr(shapes_dataset, "atomic_write_json", full_disk)
+    with pytest.raises(FileError, match="no space left"):
+        build_shapes(out, size=32, n=120)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes"]
+
+
+def test_a_file_is_not_a_dataset_folder(tmp_path):
+    (tmp_path / "shapes").write_text("mine")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        build_shapes(tmp_path / "shapes", size=32, n=100)
+    assert (tmp_path / "shapes").read_text() == "mine"
+
+
 def test_shapes_tensors_are_model_ready():
     images, captions = shapes_tensors("train", 16, 32)
     assert images.shape == (16, 3, 32, 32) and images.dtype == torch.float32
     assert images.min() >= -1 and images.max() <= 1 and len(captions) == 16
     assert captions[3] == make_example("train", 3, 32)["caption"]
+
+
+def test_shapes_tensors_render_each_scene_once(monkeypatch):
+    """A second identical request renders nothing, a shorter one is served from a longer one, a longer one renders
+    only what is missing, and the answers are bit for bit what rendering them afresh gives."""
+    from collections import OrderedDict
+
+    from minidiff.data import shapes_dataset
+
+    monkeypatch.setattr(shapes_dataset, "_rendered", OrderedDict())
+    rendered = []
+
+    def counting(split, index, *args, **kwargs):
+        rendered.append((split, index))
+        return make_example(split, index, *args, **kwargs)
+
+    monkeypatch.setattr(shapes_dataset, "make_example", counting)
+
+    def fresh(split, n, size, seed=0):
+        pixels = np.stack([make_example(split, i, size, seed)["image"] for i in range(n)])    # (n, S, S, 3)
+        return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255 * 2 - 1
+
+    images, captions = shapes_tensors("train", 20, 16)
+    assert len(rendered) == 20 and torch.equal(images, fresh("train", 20, 16))
+    images[:] = 0                                             # a caller changing its copy changes nothing cached
+    captions[0] = "changed"
+    again, again_captions = shapes_tensors("train", 20, 16)
+    assert len(rendered) == 20 and torch.equal(again, fresh("train", 20, 16))
+    assert again_captions == [make_example("train", i, 16)["caption"] for i in range(20)]
+    assert torch.equal(shapes_tensors("train", 7, 16)[0], fresh("train", 7, 16)) and len(rendered) == 20
+    assert torch.equal(shapes_tensors("train", 30, 16)[0], fresh("train", 30, 16))
+    assert rendered[20:] == [("train", i) for i in range(20, 30)]
+    # every argument that changes the scenes is part of the key
+    assert torch.equal(shapes_tensors("train", 5, 16, seed=1)[0], fresh("train", 5, 16, seed=1))
+    assert torch.equal(shapes_tensors("test", 5, 16)[0], fresh("test", 5, 16))
+    assert torch.equal(shapes_tensors("train", 5, 24)[0], fresh("train", 5, 24))
+    reordered = ShapesOptions(categories=dict(reversed(ShapesOptions().categories.items())))
+    expected = [make_example("train", i, 16, options=reordered)["caption"] for i in range(20)]
+    assert shapes_tensors("train", 20, 16, options=reordered)[1] == expected
+    assert len(rendered) == 30 + 5 + 5 + 5 + 20
+
+
+def test_the_rendered_scenes_kept_are_bounded(monkeypatch):
+    from collections import OrderedDict
+
+    from minidiff.data import shapes_dataset
+
+    monkeypatch.setattr(shapes_dataset, "_rendered", OrderedDict())
+    monkeypatch.setattr(shapes_dataset, "RENDERED_CACHE_BYTES", 2 * 4 * 16 * 16 * 3)     # two runs of 4 at 16 px
+    for split in ("train", "validation", "test"):
+        shapes_tensors(split, 4, 16)
+    assert [key[0] for key in shapes_dataset._rendered] == ["validation", "test"]      # least recently used left
+    shapes_tensors("validation", 4, 16)
+    shapes_tensors("heldout", 4, 16)
+    assert [key[0] for key in shapes_dataset._rendered] == ["validation", "heldout"]
+    shapes_tensors("train", 9, 16)                                                      # too large to keep
+    assert [key[0] for key in shapes_dataset._rendered] == ["validation", "heldout"]
+
+
+@pytest.mark.parametrize("n", [0, -3])
+def test_no_examples_is_a_clear_error(n):
+    with pytest.raises(ValueError, match="n must be at least 1"):
+        shapes_tensors("train", n, 32)
+    with pytest.raises(ValueError, match="n must be at least 1"):
+        build_shapes("unused", size=32, n=n)
 
 
 def test_shapes_split_columns():

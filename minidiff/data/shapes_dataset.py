@@ -18,6 +18,9 @@ and size metadata of Chapter 5 (SDXL micro-conditioning): `original_size` (the s
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -26,6 +29,7 @@ import numpy as np
 from minidiff.data.captions import PromptSpec, Thing, describe
 from minidiff.data.shapes import (CROWDED, MAX_OBJECTS, POSITIONS, RELATIONS, SHAPES, SIZES, Scene, allowed_colors,
                                   check_resolution, place, render)
+from minidiff.io import FileError, atomic_write_json, read_json
 
 SPLITS = {"train": 0, "validation": 1, "test": 2, "heldout": 3}
 TRAIN_CATEGORIES = ("single_object", "two_objects", "spatial_relation", "counting", "position")
@@ -50,6 +54,11 @@ def category_options(weights=None) -> ShapesOptions | None:
 def check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"unknown Shapes split {split!r}; choose one of {', '.join(SPLITS)}")
+
+
+def check_count(n: int) -> None:
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}; ask for one example or more")
 
 
 def _random_size(rng: np.random.Generator, count: int = 1) -> str:
@@ -168,8 +177,7 @@ def shapes_split(split: str = "train", n: int = 1000, size: int = 32, seed: int 
     """Examples 0..n-1 of a split as a `datasets.Dataset` (images as PIL, decoded on access)."""
     from datasets import Dataset
 
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
+    check_count(n)
     rows = [make_example(split, i, size, seed, options) for i in range(n)]
     columns = {key: [row[key] for row in rows] for key in rows[0]}
     return Dataset.from_dict(columns, features=_features())
@@ -180,41 +188,116 @@ def split_sizes(n: int) -> dict[str, int]:
     return {"train": n, "validation": max(n // 10, 100), "test": max(n // 10, 100), "heldout": max(n // 10, 100)}
 
 
+MANIFEST = "minidiff_shapes.json"     # what a build wrote it with; written last, so a folder that has it is whole
+SPLIT_FILES = ("dataset_info.json", "state.json")     # beside data-*.arrow shards (and cache-*.arrow of a .map)
+
+
+def _not_from_a_build(out: Path) -> list[str]:
+    """What `out` holds that no build writes (a build writes its manifest, dataset_dict.json and one folder per
+    split of Arrow shards), as paths relative to `out`."""
+    others = []
+    for entry in sorted(out.iterdir()):
+        if entry.name in (MANIFEST, "dataset_dict.json") and entry.is_file():
+            continue
+        if entry.name not in SPLITS or not entry.is_dir():
+            others.append(entry.name)
+            continue
+        others += [f"{entry.name}/{f.name}" for f in sorted(entry.iterdir())
+                   if not (f.is_file() and (f.name in SPLIT_FILES or (f.suffix == ".arrow"
+                                                                     and f.name.startswith(("data-", "cache-")))))]
+    return others
+
+
 def build_shapes(out: str | Path, size: int = 32, n: int = 20000, seed: int = 0,
                  options: ShapesOptions | None = None, rebuild: bool = False):
     """Build (or reuse) the Shapes dataset in `out`, as a `datasets.DatasetDict` saved with save_to_disk.
 
     A folder that already holds a build with the same version, size, n, seed and options is reused as it is;
-    `datasets.load_from_disk(out)` opens it.
+    `datasets.load_from_disk(out)` opens it. A build with other parameters (or `rebuild`) replaces an earlier
+    one, but never a file the build did not write: a folder holding anything else is refused, naming it, and
+    left as it was. The new build is written beside `out` and swapped in, so an error leaves the old one.
     """
     from datasets import DatasetDict, load_from_disk
 
     check_resolution(size)
+    check_count(n)
     options = options or ShapesOptions()
     out = Path(out)
     meta = {"version": DATASET_VERSION, "size": size, "n": n, "seed": seed, "options": asdict(options)}
-    meta_file = out / "minidiff_shapes.json"
-    if not rebuild and meta_file.exists() and json.loads(meta_file.read_text()) == json.loads(json.dumps(meta)):
-        return load_from_disk(str(out))
-    if out.exists() and any(out.iterdir()) and not meta_file.exists():
-        raise ValueError(f"{out} exists and is not a Shapes dataset folder; choose an empty or new --out")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a folder; choose a new or empty folder as --out")
+    manifest = out / MANIFEST
+    if not rebuild and manifest.is_file():
+        try:
+            previous = read_json(manifest)
+        except FileError:                    # an unreadable manifest: build again, as for other parameters
+            previous = None
+        if previous == json.loads(json.dumps(meta)):
+            return load_from_disk(str(out))
+    if out.exists() and any(out.iterdir()):
+        if not manifest.is_file():
+            raise ValueError(f"{out} exists and is not a Shapes dataset folder; choose an empty or new --out")
+        others = _not_from_a_build(out)
+        if others:
+            listed = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+            raise ValueError(f"{out} holds {listed} beside an earlier Shapes build, and a new build replaces the "
+                             f"folder: move {'it' if len(others) == 1 else 'them'} elsewhere, or choose another --out")
     data = DatasetDict({split: shapes_split(split, count, size, seed, options)
                         for split, count in split_sizes(n).items()})
-    tmp = out.with_name(out.name + ".tmp")
-    data.save_to_disk(str(tmp))                       # write aside, then swap: a crash leaves the old build
-    (tmp / meta_file.name).write_text(json.dumps(meta, indent=1))
-    if out.exists():
-        import shutil
-        shutil.rmtree(out)
-    tmp.rename(out)
+    staging = out.with_name(f".{out.name}.{os.getpid()}.building")      # hidden, beside out; ours by its name
+    replaced = staging.with_suffix(".replaced")
+    for leftover in (staging, replaced):                 # from a killed run of a process with the same id
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        data.save_to_disk(str(staging))
+        atomic_write_json(staging / MANIFEST, meta)       # last: a folder with a manifest holds a whole build
+        if out.exists():
+            out.rename(replaced)
+        staging.rename(out)
+    except BaseException:
+        if replaced.exists() and not out.exists():
+            replaced.rename(out)                          # put the earlier build back
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(replaced, ignore_errors=True)           # the earlier build: only files a build wrote (checked)
     return load_from_disk(str(out))
+
+
+# ---------------------------------------------------------------------------- tensors, rendered once per process
+
+
+RENDERED_CACHE_BYTES = 256 * 2**20      # the pixels of 20000 32x32 scenes take 59 MiB; a few such runs fit
+_rendered: OrderedDict[tuple, tuple[np.ndarray, list[str]]] = OrderedDict()   # least recently used first
+
+
+def _rendered_examples(split: str, n: int, size: int, seed: int,
+                       options: ShapesOptions) -> tuple[np.ndarray, list[str]]:
+    """uint8 pixels (n, size, size, 3) and the captions of examples 0..n-1, each rendered once per process.
+
+    An example is a function of (split, index, size, seed, options) alone, so the first n of a longer run are the
+    same examples: a run of the same scenes serves any shorter request, and a longer one renders only what it
+    lacks. The arrays are private: shapes_tensors turns them into new tensors, never views."""
+    key = (split, size, seed, repr(asdict(options)))     # repr keeps the categories' order, which draws matter
+    pixels, captions = _rendered.pop(key, (np.zeros((0, size, size, 3), np.uint8), []))
+    if len(captions) < n:
+        rows = [make_example(split, i, size, seed, options) for i in range(len(captions), n)]
+        pixels = np.concatenate([pixels, np.stack([row["image"] for row in rows])])      # (n, S, S, 3)
+        captions = captions + [row["caption"] for row in rows]
+    if pixels.nbytes <= RENDERED_CACHE_BYTES:
+        _rendered[key] = pixels, captions
+        while sum(p.nbytes for p, _ in _rendered.values()) > RENDERED_CACHE_BYTES:
+            _rendered.popitem(last=False)
+    return pixels[:n], captions[:n]
 
 
 def shapes_tensors(split: str = "train", n: int = 1000, size: int = 32, seed: int = 0,
                    options: ShapesOptions | None = None):
     """(images (n, 3, size, size) in [-1, 1], captions) for training, drawn through the same examples.
 
-    The visible data step: uint8 pixels -> [0, 1] -> [-1, 1] (minidiff.data.images.to_model_range).
+    The visible data step: uint8 pixels -> [0, 1] -> [-1, 1] (minidiff.data.images.to_model_range). The scenes
+    are rendered once per process (a few runs of them are kept, see _rendered_examples); every call returns new
+    tensors and a new list, so a caller may change them freely.
     """
     import torch
 
@@ -222,6 +305,7 @@ def shapes_tensors(split: str = "train", n: int = 1000, size: int = 32, seed: in
 
     check_split(split)
     check_resolution(size)
-    rows = [make_example(split, i, size, seed, options) for i in range(n)]
-    pixels = torch.from_numpy(np.stack([row["image"] for row in rows])).permute(0, 3, 1, 2).float() / 255  # (n, 3, S, S)
-    return to_model_range(pixels), [row["caption"] for row in rows]
+    check_count(n)
+    pixels, captions = _rendered_examples(split, n, size, seed, options or ShapesOptions())
+    pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255       # (n, 3, S, S), a new tensor
+    return to_model_range(pixels), captions
