@@ -18,7 +18,8 @@ from minidiff.eval import (
     train_digit_classifier,
 )
 from minidiff.eval import digits as eval_digits
-from minidiff.eval.digits import cache_path, coverage
+from minidiff.eval.common import cache_path, save_cached
+from minidiff.eval.digits import CLASSIFIER_VERSION, coverage
 from minidiff.eval.toy2d import quantiles
 
 
@@ -26,13 +27,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("minidiff_cache")
-
-
-@pytest.fixture(scope="module")
 def classifier(cache_dir):
-    return load_digit_classifier(cache_dir)   # the one full training run of this file (~5 s)
+    """Trained once per test session (~5 s) into the session's $MINIDIFF_CACHE (tests/conftest.py), which
+    `minidiff eval` in tests/test_cli.py then finds, and the other way round."""
+    return load_digit_classifier(cache_dir)
 
 
 # --- the classifier ----------------------------------------------------------------------------------------------
@@ -67,7 +65,7 @@ def _no_training(*args, **kwargs):
 
 
 def test_cache_round_trip_loads_without_retraining(classifier, cache_dir, monkeypatch):
-    assert cache_path(cache_dir).is_file()
+    assert cache_path(cache_dir, CLASSIFIER_VERSION).is_file()
     assert not list(cache_dir.glob("*.tmp")), "the atomic write left a temporary file behind"
     monkeypatch.setattr(eval_digits, "train_digit_classifier", _no_training)
     again = load_digit_classifier(cache_dir)
@@ -78,16 +76,22 @@ def test_cache_round_trip_loads_without_retraining(classifier, cache_dir, monkey
 
 def test_cache_folder_from_environment(classifier, cache_dir, monkeypatch):
     monkeypatch.setenv("MINIDIFF_CACHE", str(cache_dir))
-    assert cache_path() == cache_path(cache_dir)
+    assert cache_path(None, CLASSIFIER_VERSION) == cache_path(cache_dir, CLASSIFIER_VERSION)
     monkeypatch.setattr(eval_digits, "train_digit_classifier", _no_training)
     load_digit_classifier()
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "non-finite weights"])
 def test_corrupt_cache_is_retrained(classifier, cache_dir, tmp_path, monkeypatch, damage):
-    good = cache_path(cache_dir).read_bytes()
-    path = cache_path(tmp_path)
-    path.write_bytes(good[: len(good) // 2] if damage == "truncated" else b"not a safetensors file")
+    good = cache_path(cache_dir, CLASSIFIER_VERSION).read_bytes()
+    path = cache_path(tmp_path, CLASSIFIER_VERSION)
+    if damage == "non-finite weights":                # a valid file of the right version, from a diverged run
+        broken = DigitClassifier()
+        with torch.no_grad():
+            broken.head.bias.fill_(float("nan"))
+        save_cached(broken, path, CLASSIFIER_VERSION)
+    else:
+        path.write_bytes(good[: len(good) // 2] if damage == "truncated" else b"not a safetensors file")
     trained = []
     monkeypatch.setattr(eval_digits, "train_digit_classifier", lambda: trained.append(1) or classifier)
     load_digit_classifier(tmp_path)

@@ -7,7 +7,7 @@ from safetensors import safe_open
 from minidiff.data.shapes_dataset import make_example, shapes_tensors
 from minidiff.eval import ShapesAttributeClassifier, load_shapes_classifier, shapes_features, shapes_frechet
 from minidiff.eval import shapes_fd
-from minidiff.eval.digits import cache_path, save_cached
+from minidiff.eval.common import cache_path, save_cached
 from minidiff.eval.shapes_fd import (CLASSIFIER_VERSION, LABELS, MIN_IMAGES, as_shapes_images, shapes_attribute_data,
                                      train_shapes_classifier)
 

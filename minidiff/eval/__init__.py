@@ -1,13 +1,6 @@
 """Judges: quality metrics for generated digits, Shapes scenes and 2D point clouds, each next to a real-data baseline."""
-from minidiff.eval.digits import (
-    DigitClassifier,
-    digit_metrics,
-    features,
-    frechet_distance,
-    frechet_distance_gaussians,
-    load_digit_classifier,
-    train_digit_classifier,
-)
+from minidiff.eval.common import frechet_distance, frechet_distance_gaussians
+from minidiff.eval.digits import DigitClassifier, digit_metrics, features, load_digit_classifier, train_digit_classifier
 from minidiff.eval.shapes_fd import (
     ShapesAttributeClassifier,
     load_shapes_classifier,

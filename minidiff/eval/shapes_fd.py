@@ -8,7 +8,7 @@ network trained on real images. This is FID for the Shapes world (minidiff/data/
   has to encode what the objects look like: their outlines, their hues, how much of each there is.
 - shapes_frechet fits a Gaussian to those 64 features of the generated images and another to the features of
   real renders of the train split, and reports the Frechet distance between the two
-  (minidiff.eval.digits.frechet_distance):
+  (minidiff.eval.common.frechet_distance):
 
       FD = ||mu_gen - mu_real||^2 + Tr(S_gen + S_real - 2 (S_gen S_real)^{1/2})
 
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from minidiff.data.images import to_model_range
 from minidiff.data.shapes import COLORS, MAX_RESOLUTION, SHAPES
 from minidiff.data.shapes_dataset import make_example, shapes_tensors
-from minidiff.eval.digits import cached_or_trained, check_pixel_values, frechet_distance
+from minidiff.eval.common import cached_or_trained, check_pixel_values, frechet_distance
 from minidiff.training.classifier import fit_classifier
 
 CLASSIFIER_VERSION = "shapes-attribute-cnn-v1"   # bump when the architecture or training changes: old caches ignored
