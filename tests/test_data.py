@@ -25,6 +25,16 @@ def test_digits_tensors_range_and_shape(size):
     assert torch.equal(digits_tensors("test", size)[0], x)  # deterministic
 
 
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_digits_tensors_are_the_datasets_rows(split):
+    """digits_tensors skips building a `datasets.Dataset` but serves exactly its rows, in its order."""
+    rows = digits_dataset()[split].with_format("numpy")
+    pixels = torch.from_numpy(np.asarray(rows["pixels"], dtype=np.float32))[:, None]      # (N, 1, 8, 8) in [0, 1]
+    images, labels = digits_tensors(split, 8)
+    assert torch.equal(images, to_model_range(pixels))
+    assert torch.equal(labels, torch.from_numpy(np.asarray(rows["label"], dtype=np.int64)))
+
+
 def test_digits_bad_arguments():
     with pytest.raises(ValueError, match="unknown digits split"):
         digits_tensors("validation")
