@@ -42,6 +42,8 @@ from pathlib import Path
 import regex
 import torch
 
+from minidiff.io import read_json
+
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 END_OF_WORD = "</w>"
 # CLIP's pre-tokenisation; `regex` (not `re`) because it needs the Unicode classes \p{L} (letter), \p{N} (number).
@@ -256,10 +258,11 @@ class BPETokenizer:
             raise ValueError(f"no tokenizer folder at {folder}: pass the folder holding vocab.json and merges.txt "
                              f"(a Stable Diffusion checkpoint's tokenizer/)")
         if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-            vocab = _read_json(folder / "vocab.json")
+            vocab = read_json(folder / "vocab.json", "tokenizer file", "re-download or re-save the tokenizer")
             merges = _parse_merges((folder / "merges.txt").read_text(encoding="utf-8").splitlines(), folder)
         elif (folder / "tokenizer.json").is_file():
-            model = _read_json(folder / "tokenizer.json").get("model", {})
+            model = read_json(folder / "tokenizer.json", "tokenizer file",
+                              "re-download or re-save the tokenizer").get("model", {})
             vocab = model.get("vocab")
             merges = _parse_merges([m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])],
                                    folder / "tokenizer.json")
@@ -271,20 +274,13 @@ class BPETokenizer:
         special = {"bos_token": BOS, "eos_token": EOS, "pad_token": EOS}
         for name in ("tokenizer_config.json", "special_tokens_map.json"):
             if (folder / name).is_file():
-                found = _read_json(folder / name)
+                found = read_json(folder / name, "tokenizer file", "re-download or re-save the tokenizer")
                 for key in special:
                     value = found.get(key)
                     value = value.get("content") if isinstance(value, dict) else value
                     if isinstance(value, str):
                         special[key] = value
         return cls(vocab, merges, **special)
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}): re-download or re-save the tokenizer") from None
 
 
 def _parse_merges(lines: list[str], source: Path) -> list[tuple[str, str]]:
