@@ -136,3 +136,41 @@ def test_perceptual_distance_is_zero_on_identical_images_and_grows_with_damage()
     small = perceptual_distance(net, x, x + 0.05 * torch.randn_like(x))
     large = perceptual_distance(net, x, x + 0.5 * torch.randn_like(x))
     assert (large > small).all() and (small > 0).all()
+
+
+def test_adversarial_training_resumes_exactly(tmp_path):
+    """The autoencoder's objective in the one training loop: a run stopped at step 2 and resumed equals a straight
+    run, tensor for tensor (model, EMA, both optimizers, discriminator, perceptual net)."""
+    from minidiff.training.autoencoder import AutoencoderLossConfig, AutoencoderObjective
+    from minidiff.training.checkpoint import load_checkpoint
+    from minidiff.training.loop import TrainConfig, train
+
+    images = torch.rand(12, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    config = TrainConfig(steps=4, batch_size=3, lr=3e-3, warmup_steps=1, log_every=1, checkpoint_every=2,
+                         sample_every=2, grad_clip=0.0)
+
+    class Stop(Exception):
+        pass
+
+    def stop(ema, step):
+        raise Stop
+
+    def run(out, resume=False, on_sample=None):
+        torch.manual_seed(0)
+        perceptual = PerceptualNet(PerceptualConfig(widths=(4, 8)))
+        discriminator = PatchDiscriminator(DiscriminatorConfig(width=8, n_layers=1))
+        objective = AutoencoderObjective(AutoencoderLossConfig(disc_start=1), perceptual, discriminator)
+        return train(Autoencoder(AutoencoderConfig(**TINY)), objective, images, config, out, {}, resume=resume,
+                     on_sample=on_sample, progress=False)
+
+    _, _, logs = run(tmp_path / "straight")
+    assert "d_loss" not in logs[0] and all("d_loss" in r and "g_loss" in r for r in logs[1:])
+    with pytest.raises(Stop):
+        run(tmp_path / "split", on_sample=stop)
+    run(tmp_path / "split", resume=True)
+    a, _ = load_checkpoint(tmp_path / "straight" / "checkpoint.safetensors")
+    b, meta = load_checkpoint(tmp_path / "split" / "checkpoint.safetensors")
+    assert meta["step"] == 4 and a.keys() == b.keys()
+    assert {k.split(".")[0] for k in a} == {"model", "ema", "optimizer", "discriminator", "d_optimizer", "perceptual"}
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

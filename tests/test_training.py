@@ -1,5 +1,6 @@
-"""The training loop: checkpoints, exact resume, learning-rate schedule, non-finite loss."""
+"""The training loop: checkpoints, exact resume, learning-rate schedule, non-finite loss, config validation."""
 import json
+import os
 
 import pytest
 import torch
@@ -7,6 +8,8 @@ import torch
 from conftest import TINY_DIGITS
 from minidiff.process import GaussianDiffusion, NoiseSchedule
 from minidiff.recipes import load_run, run_training
+from minidiff.io import FileError
+from minidiff.training import checkpoint as checkpoint_module
 from minidiff.training.checkpoint import (CheckpointError, load_checkpoint, load_optimizer_tensors, optimizer_tensors,
                                           save_checkpoint)
 from minidiff.training.loop import TrainConfig, TrainingError, learning_rate, train, update_ema
@@ -104,10 +107,70 @@ class Exploding(torch.nn.Module):
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     diffusion = GaussianDiffusion(NoiseSchedule.make("linear", 10))
     config = TrainConfig(steps=10, batch_size=4, checkpoint_every=2, warmup_steps=1, sample_every=0)
-    with pytest.raises(TrainingError, match=r"at step 3; the last good checkpoint \(step 2\)"):
-        train(Exploding(), diffusion, torch.randn(16, 2), config, tmp_path, {"note": "test"}, progress=False)
+    with pytest.raises(TrainingError, match=r"at step 3; the last good checkpoint \(step 2\) is kept") as error:
+        train(Exploding(), diffusion, torch.randn(16, 2), config, tmp_path, {"recipe": "ddpm-2d"}, progress=False)
+    # the advice is a command that works: --resume keeps the run's lr, so a fresh run with a lower one
+    assert "`minidiff train ddpm-2d --out NEW_FOLDER lr=0.0005`" in str(error.value)
+    assert "--resume" not in str(error.value) and "\n" not in str(error.value)
     _, meta = load_checkpoint(tmp_path / "checkpoint.safetensors")
     assert meta["step"] == 2
+
+
+def test_non_finite_loss_before_any_checkpoint_names_none(tmp_path):
+    config = TrainConfig(steps=10, batch_size=4, checkpoint_every=5, warmup_steps=1, sample_every=0)
+    with pytest.raises(TrainingError, match=r"at step 3, before any checkpoint was saved; start a fresh run"):
+        train(Exploding(), GaussianDiffusion(NoiseSchedule.make("linear", 10)), torch.randn(16, 2), config,
+              tmp_path, {}, progress=False)
+    assert not (tmp_path / "checkpoint.safetensors").exists()
+
+
+class Diverging(torch.nn.Module):
+    """A 'network' whose loss grows a million-fold (finite) at its 4th call and becomes NaN at its 6th."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.calls = 0
+
+    def forward(self, x, t):
+        self.calls += 1
+        factor = 1.0 if self.calls <= 3 else 1e6 if self.calls <= 5 else float("nan")
+        return x * self.scale * factor
+
+
+def test_a_checkpoint_saved_while_the_loss_exploded_is_not_called_good(tmp_path):
+    config = TrainConfig(steps=10, batch_size=4, checkpoint_every=2, warmup_steps=1, sample_every=0)
+    with pytest.raises(TrainingError, match=r"at step 5; the checkpoint of step 4 .* was saved while the loss was "
+                                            r"already exploding \(up to [0-9.]+e\+1[0-9]\), so do not build on it"):
+        train(Diverging(), GaussianDiffusion(NoiseSchedule.make("linear", 10)), torch.randn(16, 2), config,
+              tmp_path, {}, progress=False)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("steps", 0, "steps=0 is out of range; use a value at least 1"),
+    ("batch_size", -1, "batch_size=-1 is out of range"),
+    ("lr", 0.0, "lr=0.0 is out of range; use a value a finite number above 0"),
+    ("lr", float("nan"), "lr=nan is out of range"),
+    ("lr", float("inf"), "lr=inf is out of range"),
+    ("warmup_steps", -5, "warmup_steps=-5"),
+    ("weight_decay", -0.1, "weight_decay=-0.1"),
+    ("grad_clip", -1.0, r"grad_clip=-1.0 is out of range; use a value 0 \(no clipping\) or more"),
+    ("ema_decay", 1.5, r"ema_decay=1.5 is out of range; use a value in \[0, 1\]"),
+    ("log_every", 0, "log_every=0"),
+    ("checkpoint_every", 0, "checkpoint_every=0"),
+    ("sample_every", -1, "sample_every=-1"),
+    ("lr_schedule", "linear", "unknown lr_schedule 'linear'; choose one of constant, cosine"),
+    ("device", "tpu", "unknown device 'tpu'; choose 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
+    ("device", "cuda:x", "unknown device 'cuda:x'"),
+])
+def test_train_config_validation_names_the_allowed_range(key, value, message):
+    with pytest.raises(TrainingError, match=message):
+        TrainConfig(**{key: value}).validate()
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1", "mps"])
+def test_train_config_validation_accepts_the_devices(device):
+    TrainConfig(device=device, sample_every=0, ema_decay=1.0, grad_clip=0.0, warmup_steps=0).validate()
 
 
 def test_training_reduces_the_loss_on_2d_data(tmp_path):
@@ -131,3 +194,80 @@ def test_sample_grids_every_sample_every_steps_but_not_at_the_end(tmp_path):
     train(Scale(), GaussianDiffusion(NoiseSchedule.make("linear", 10)), torch.randn(16, 2), config, tmp_path,
           {"note": "test"}, on_sample=lambda ema, step: grids.append(step), progress=False)
     assert grids == [2, 4]   # the run's final grid is samples.png, drawn by the recipe after training
+
+
+def scale_run(tmp_path, steps=4, resume=False):
+    class Scale(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x, t):
+            return x * self.scale
+
+    config = TrainConfig(steps=steps, batch_size=4, warmup_steps=1, sample_every=0, checkpoint_every=2, log_every=1)
+    return train(Scale(), GaussianDiffusion(NoiseSchedule.make("linear", 10)), torch.randn(16, 2), config, tmp_path,
+                 {"note": "test"}, resume=resume, progress=False)
+
+
+def test_a_failed_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    scale_run(tmp_path)
+    before = (tmp_path / "checkpoint.safetensors").read_bytes()
+    for error in (OSError(28, "No space left on device"), SafetensorError("Error while serializing: IoError")):
+        def fail(tensors, filename, metadata=None, error=error):
+            with open(filename, "wb") as f:
+                f.write(b"half a checkpoint")          # what a full disk leaves behind
+            raise error
+
+        monkeypatch.setattr(checkpoint_module, "save_file", fail)
+        with pytest.raises(FileError, match="could not write .*checkpoint.safetensors .*unchanged") as caught:
+            scale_run(tmp_path)
+        assert "\n" not in str(caught.value)
+        assert (tmp_path / "checkpoint.safetensors").read_bytes() == before
+        assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_checkpoints_get_the_umask_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "ck.safetensors", {"a": torch.zeros(2)}, {"step": 1})
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "ck.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def test_broken_checkpoint_metadata_is_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    cases = [({}, "without minidiff's metadata"), ({"minidiff": "{not json"}, "damaged config"),
+             ({"minidiff": json.dumps({"config": {}})}, "does not record the step"),
+             ({"minidiff": json.dumps({"step": "7"})}, "does not record the step")]
+    for metadata, message in cases:
+        path = tmp_path / "ck.safetensors"
+        save_file({"a": torch.zeros(2)}, str(path), metadata=metadata)
+        with pytest.raises(CheckpointError, match=message) as caught:
+            load_checkpoint(path)
+        assert "\n" not in str(caught.value)
+
+
+def test_resume_skips_a_torn_log_line_and_removes_stale_temporaries(tmp_path, capsys):
+    scale_run(tmp_path, steps=4)
+    with open(tmp_path / "log.jsonl", "a") as log:
+        log.write('{"step": 4, "lo')                       # a crash in the middle of a write
+    (tmp_path / "checkpoint.safetensors.4242.tmp").write_bytes(b"left by a kill")
+    _, _, logs = scale_run(tmp_path, steps=6, resume=True)
+    assert "skipped 1 unreadable line(s)" in capsys.readouterr().err
+    assert [r["step"] for r in logs] == [4, 5]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3, 4, 5]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_resume_refuses_weights_that_do_not_fit(tmp_path):
+    scale_run(tmp_path)
+    config = TrainConfig(steps=6, batch_size=4, warmup_steps=1, sample_every=0)
+    with pytest.raises(FileError, match=r"do not fit the model .*resume with the recipe and overrides"):
+        train(torch.nn.Linear(2, 2), GaussianDiffusion(NoiseSchedule.make("linear", 10)), torch.randn(16, 2), config,
+              tmp_path, {}, resume=True, progress=False)

@@ -17,13 +17,12 @@ which shifts its balance against the KL and adversarial terms as training goes; 
 loss is the plain weighted sum above. The adaptive lambda keeps the adversarial gradient
 at the decoder's last layer a fixed fraction of the reconstruction gradient, whatever their scales.
 
-The loop is the one of minidiff.training.loop (batches and noise seeded by step, so --resume is exact; AdamW
-with warmup and cosine decay; EMA; atomic checkpoints), with a second optimizer for the discriminator.
+Training runs in the one loop of minidiff.training.loop (batches and noise seeded by step, so --resume is exact;
+AdamW with warmup and cosine decay; EMA; atomic checkpoints): AutoencoderObjective is its objective, whose
+discriminator the loop trains with a second optimizer right after each step of the autoencoder.
 """
 from __future__ import annotations
 
-import copy
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -33,10 +32,9 @@ import torch.nn.functional as F
 
 from minidiff.models.autoencoder import Autoencoder
 from minidiff.models.discriminator import PatchDiscriminator
-from minidiff.training.checkpoint import (CHECKPOINT, load_checkpoint, load_optimizer_tensors, optimizer_tensors,
-                                          prefixed, save_checkpoint, unprefixed)
-from minidiff.training.loop import (TrainConfig, TrainingError, _step_seed, ema_decay_at, end_step, learning_rate,
-                                    prepare_log, progress_bar, resolve_device, update_ema)
+from minidiff.models.perceptual import PerceptualConfig, PerceptualNet, perceptual_distance
+from minidiff.training.classifier import fit_classifier
+from minidiff.training.loop import TrainConfig, train
 
 PIXEL_LOSSES = ("l1", "l2")
 ADAPTIVE_WEIGHT_MAX = 1e4
@@ -103,115 +101,66 @@ def autoencoder_loss(model: Autoencoder, x: torch.Tensor, loss: AutoencoderLossC
     return total, x_hat, terms
 
 
-def train_autoencoder(model: Autoencoder, data: torch.Tensor, loss: AutoencoderLossConfig, config: TrainConfig,
-                      run_dir: str | Path, run_config: dict, resume: bool = False,
-                      perceptual: torch.nn.Module | None = None, discriminator: PatchDiscriminator | None = None,
-                      on_sample: Callable[[torch.nn.Module, int], None] | None = None, progress: bool = True):
-    """Train `model` on images `data` (N, C, H, W) in [-1, 1]; checkpoints and logs go to run_dir.
+class AutoencoderObjective:
+    """The autoencoder's objective for minidiff.training.loop.train: the generator's loss (autoencoder_loss) and the
+    discriminator's hinge loss, with LDM/VQGAN's Adam betas (0.5, 0.9) for both players.
 
     perceptual: minidiff's PerceptualNet (anything with a `features` method: its LPIPS-style distance is used and
-    its weights are stored in the checkpoint), or any callable distance(x_hat, x) -> (B,), e.g. the `lpips`
-    package's LPIPS module where it is installed (not stored: pass it again on resume). discriminator: trained from loss.disc_start on, if
-    loss.disc_weight > 0. Returns (model, ema_model, logs) where logs are this call's logged dicts.
+    its weights are stored in the checkpoint as `perceptual.*`), or any callable distance(x_hat, x) -> (B,), e.g. the
+    `lpips` package's LPIPS module where it is installed (not stored: pass it again on resume). discriminator:
+    trained from loss.disc_start on, if loss.disc_weight > 0 (stored as `discriminator.*`, its AdamW as
+    `d_optimizer.*`); without one, or with disc_weight=0, training is reconstruction, perceptual and KL only.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(config.device)
-    model = model.to(device)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    betas = (0.5, 0.9)                                   # LDM/VQGAN's Adam betas for both players
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=betas, weight_decay=config.weight_decay)
-    gan = discriminator is not None and loss.disc_weight > 0
-    if gan:
-        discriminator = discriminator.to(device)
-        d_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=loss.disc_lr or config.lr, betas=betas)
-    network = perceptual if hasattr(perceptual, "features") else None     # minidiff's own: stored, used via features
-    if isinstance(perceptual, torch.nn.Module):
-        perceptual = perceptual.to(device).eval().requires_grad_(False)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and config.bf16)
+    betas = (0.5, 0.9)
 
-    start, log_path = 0, run_dir / "log.jsonl"
-    if resume:
-        tensors, meta = load_checkpoint(run_dir / CHECKPOINT)
-        model.load_state_dict(unprefixed(tensors, "model"))
-        ema.load_state_dict(unprefixed(tensors, "ema"))
-        load_optimizer_tensors(optimizer, unprefixed(tensors, "optimizer"))
-        if gan:
-            discriminator.load_state_dict(unprefixed(tensors, "discriminator"))
-            load_optimizer_tensors(d_optimizer, unprefixed(tensors, "d_optimizer"))
-        start = meta["step"]
-    prepare_log(log_path, start if resume else None)
+    def __init__(self, loss: AutoencoderLossConfig, perceptual: torch.nn.Module | Callable | None = None,
+                 discriminator: PatchDiscriminator | None = None):
+        self.config = loss
+        self.discriminator = discriminator if discriminator is not None and loss.disc_weight > 0 else None
+        self.discriminator_lr = loss.disc_lr
+        self.perceptual = perceptual
+        network = perceptual if hasattr(perceptual, "features") else None     # minidiff's own: stored
+        if isinstance(perceptual, torch.nn.Module):
+            perceptual.eval().requires_grad_(False)
+        self.distance = (lambda a, b: perceptual_distance(network, a, b)) if network is not None else perceptual
+        self.networks = {name: module for name, module in [("discriminator", self.discriminator),
+                                                            ("perceptual", network)] if module is not None}
 
-    def checkpoint(step: int) -> None:
-        tensors = {**prefixed(model.state_dict(), "model"), **prefixed(ema.state_dict(), "ema"),
-                   **prefixed(optimizer_tensors(optimizer), "optimizer")}
-        if gan:
-            tensors.update(**prefixed(discriminator.state_dict(), "discriminator"),
-                           **prefixed(optimizer_tensors(d_optimizer), "d_optimizer"))
-        if network is not None:
-            tensors.update(prefixed(network.state_dict(), "perceptual"))
-        save_checkpoint(run_dir / CHECKPOINT, tensors, {"step": step, "config": run_config})
+    def to(self, device: torch.device) -> "AutoencoderObjective":
+        for module in (self.discriminator, self.perceptual):
+            if isinstance(module, torch.nn.Module):
+                module.to(device)
+        return self
 
-    from minidiff.models.perceptual import perceptual_distance
-    distance = (lambda a, b: perceptual_distance(network, a, b)) if network is not None else perceptual
-    data = data.to(device)
-    logs, last_saved = [], start
-    bar = progress_bar(start, config, progress, "train autoencoder")
-    t0 = time.perf_counter()
-    model.train()
-    with open(log_path, "a") as log:
-        for step in bar:
-            generator = torch.Generator().manual_seed(_step_seed(config.seed, step))
-            index = torch.randint(0, data.shape[0], (config.batch_size,), generator=generator)
-            x = data[index.to(device)]                                      # (B, C, H, W)
-            lr = learning_rate(config, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            use_gan = gan and step >= loss.disc_start
+    def adversarial_at(self, step: int) -> bool:
+        """Whether the discriminator plays at this step: from disc_start on (LDM: 50001)."""
+        return self.discriminator is not None and step >= self.config.disc_start
 
-            # 1. the autoencoder (the "generator")
-            if gan:
-                discriminator.eval().requires_grad_(False)
-            with autocast:
-                total, x_hat, terms = autoencoder_loss(model, x, loss, distance, discriminator, generator, use_gan)
-            if not torch.isfinite(total):
-                raise TrainingError(f"loss became {total.item()} at step {step}; the last good checkpoint "
-                                    f"(step {last_saved}) is kept in {run_dir}; lower the learning rate "
-                                    f"(lr={config.lr / 4:g}) and continue with --resume")
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            update_ema(ema, model, ema_decay_at(config, step))
+    def loss(self, model: Autoencoder, x: torch.Tensor, generator: torch.Generator,
+             adversarial: bool) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """The generator's total loss, the reconstructions x_hat (B, C, H, W) and the terms to log."""
+        return autoencoder_loss(model, x, self.config, self.distance, self.discriminator, generator, adversarial)
 
-            # 2. the discriminator, on the same real images and the reconstructions (no gradient to the autoencoder)
-            if use_gan:
-                discriminator.train().requires_grad_(True)
-                for group in d_optimizer.param_groups:
-                    group["lr"] = (loss.disc_lr or config.lr) * lr / config.lr
-                with autocast:
-                    d_loss = hinge_discriminator_loss(discriminator(x), discriminator(x_hat.detach()))
-                d_optimizer.zero_grad(set_to_none=True)
-                d_loss.backward()
-                d_optimizer.step()
-                terms["d_loss"] = d_loss.item()
+    def discriminator_loss(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+        """The hinge loss on real images x and reconstructions x_hat (detached: no gradient to the autoencoder)."""
+        return hinge_discriminator_loss(self.discriminator(x), self.discriminator(x_hat))
 
-            terms = {"loss": total.item(), **terms}
-            logs.append({"step": step, **terms})
-            if end_step(step, terms, config, log, bar, t0, checkpoint, on_sample, ema):
-                last_saved = step + 1
-    model.eval()
-    ema.eval()
-    return model, ema, logs
+
+def train_autoencoder(model: Autoencoder, data: torch.Tensor, loss: AutoencoderLossConfig, config: TrainConfig,
+                      run_dir: str | Path, run_config: dict, resume: bool = False,
+                      perceptual: torch.nn.Module | Callable | None = None,
+                      discriminator: PatchDiscriminator | None = None,
+                      on_sample: Callable[[torch.nn.Module, int], None] | None = None, progress: bool = True):
+    """Train `model` on images `data` (N, C, H, W) in [-1, 1]: train(model, AutoencoderObjective(loss, perceptual,
+    discriminator), data, ...). Returns (model, ema_model, logs) where logs are this call's records."""
+    objective = AutoencoderObjective(loss, perceptual, discriminator)
+    return train(model, objective, data, config, run_dir, run_config, resume=resume, on_sample=on_sample,
+                 progress=progress)
 
 
 def train_perceptual_net(images: torch.Tensor, labels: torch.Tensor, epochs: int = 3, batch_size: int = 64,
                          lr: float = 3e-3, seed: int = 0):
     """Fit minidiff.models.perceptual.PerceptualNet to multi-label attributes (B, num_labels) of the images."""
-    from minidiff.eval.digits import fit_classifier
-    from minidiff.models.perceptual import PerceptualConfig, PerceptualNet
-
     config = PerceptualConfig(in_channels=images.shape[1], num_labels=labels.shape[1])
     return fit_classifier(lambda: PerceptualNet(config), images, labels, F.binary_cross_entropy_with_logits,
                           epochs, batch_size, lr, seed)

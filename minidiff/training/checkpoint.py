@@ -1,17 +1,22 @@
 """Checkpoints: tensors in one safetensors file, everything else as JSON in its metadata.
 
-Writes are atomic (a temporary file in the same folder, then os.replace), so an interrupted save
-never destroys the last good checkpoint. Nothing is ever unpickled.
+Writes go through minidiff.io.atomic_write (a temporary file beside the checkpoint, fsync, then os.replace), so an
+interrupted or failed save (a full disk) never destroys the last checkpoint. Nothing is ever unpickled.
+
+A training checkpoint holds each network's weights under a prefix: `model.*`, `ema.*`, `optimizer.*` (AdamW's
+moments, flattened by optimizer_tensors), and for the autoencoder's adversarial training also `discriminator.*`,
+`d_optimizer.*` and `perceptual.*`. Its metadata holds {"step": steps done, "config": the run's whole config}.
 """
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from minidiff.io import atomic_write, atomic_write_text  # noqa: F401  (atomic_write_text: the recipes' import)
 
 CHECKPOINT = "checkpoint.safetensors"
 CONFIG = "config.json"
@@ -21,33 +26,39 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing or unreadable; the message says what to do."""
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Save tensors (any dtype, contiguous copies on the CPU) and a JSON-able dict, atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    """Save tensors (any dtype, contiguous copies on the CPU) and a JSON-able dict, atomically.
+
+    A failed write (a full disk, a read-only folder) raises minidiff.io.FileError, one line, and leaves the
+    previous checkpoint as it was."""
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    save_file(cpu, str(tmp), metadata={"minidiff": json.dumps(meta)})
-    os.replace(tmp, path)
+    metadata = {"minidiff": json.dumps(meta)}
+    atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, meta) from a checkpoint written by save_checkpoint."""
+    """(tensors, meta) from a checkpoint written by save_checkpoint; meta["step"] is an int."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; train first with `minidiff train RECIPE --out {path.parent}`")
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["minidiff"])
+            text = (f.metadata() or {}).get("minidiff")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # truncated or foreign files raise several different error types
         raise CheckpointError(f"checkpoint {path} is corrupt or not a minidiff checkpoint ({type(e).__name__}); "
                               f"retrain, or restore it from a backup") from None
+    if text is None:
+        raise CheckpointError(f"{path} is a safetensors file without minidiff's metadata, not a minidiff checkpoint; "
+                              f"pass the folder of a `minidiff train` run")
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"checkpoint {path} holds a damaged config (not valid JSON: {e}); "
+                              f"retrain, or restore it from a backup") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int) or isinstance(meta["step"], bool):
+        raise CheckpointError(f"checkpoint {path} does not record the step it was saved at; "
+                              f"retrain, or restore it from a backup")
     return tensors, meta
 
 

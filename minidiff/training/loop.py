@@ -1,15 +1,26 @@
-"""The training loop: one visible `for step in ...`, nothing hidden in callbacks.
+"""The training loop: one visible `for step in ...`, nothing hidden in callbacks, for every kind of run.
 
-Each step: draw a batch and the noise from a generator seeded by (seed, step), compute the diffusion
-loss, clip gradients, take an AdamW step at the scheduled learning rate, update the EMA weights.
-Seeding by step is what makes resuming exact: a resumed run draws the same batches and noise as an
-uninterrupted one, so with the model, EMA and optimizer restored the loss trajectory is identical (CPU).
+Each step: draw a batch and the noise from a generator seeded by (seed, step), compute the objective's loss,
+clip gradients, take an AdamW step at the scheduled learning rate, update the EMA weights. Seeding by step is what
+makes resuming exact: a resumed run draws the same batches and noise as an uninterrupted one, so with the model,
+EMA and optimizer restored the loss trajectory is identical (CPU, at the same thread count).
+
+The objective is anything with `loss(model, batch, generator) -> loss`: Chapter 1's GaussianDiffusion, Chapter 3's
+text-conditional diffusion or CLIP's contrastive loss. An objective may also have
+    betas          AdamW's (beta1, beta2) for its training (default: PyTorch's (0.9, 0.999));
+    networks       {name: module}: networks it owns, saved in every checkpoint as `name.*` and restored on resume;
+    discriminator  a second player, trained by its own optimizer right after the model's step (Chapter 2's
+                   autoencoder). Such an objective has adversarial_at(step) (does the discriminator play at
+                   this step?), loss(model, batch, generator, adversarial) -> (loss, fake, terms to log),
+                   discriminator_loss(real, fake), and discriminator_lr (0: the model's lr).
 """
 from __future__ import annotations
 
 import copy
 import json
 import math
+import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,30 +29,52 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from minidiff.process import GaussianDiffusion
+from minidiff.io import atomic_write_text, load_state_strict, remove_stale_temporaries
 from minidiff.training.checkpoint import (CHECKPOINT, load_checkpoint, load_optimizer_tensors, optimizer_tensors,
                                           prefixed, save_checkpoint, unprefixed)
 
 LR_SCHEDULES = ("constant", "cosine")
+DEVICES = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+EXPLODING = 100.0      # a loss this many times the run's median is exploding: a checkpoint after it is not "good"
 
 
 @dataclass
 class TrainConfig:
     steps: int = 3000              # optimizer steps
-    batch_size: int = 128
+    batch_size: int = 128          # the global batch: split across processes under torchrun
     lr: float = 2e-3               # peak learning rate
     lr_schedule: str = "cosine"    # after warmup: 'constant', or 'cosine' decay to 0
     warmup_steps: int = 100        # linear warmup from 0
     weight_decay: float = 0.0      # AdamW's decoupled weight decay
     fused: bool = False            # AdamW as one fused kernel: same update, other rounding, faster on a CPU
-    grad_clip: float = 1.0         # max global gradient norm
+    grad_clip: float = 1.0         # max global gradient norm (0: no clipping)
     ema_decay: float = 0.999       # EMA of the weights, used for sampling
     seed: int = 0
     log_every: int = 10            # steps between lines in log.jsonl
     sample_every: int = 1000       # steps between sample grids in samples/ (0: never; the last is samples.png)
     checkpoint_every: int = 500    # steps between checkpoints (and always at the end)
     bf16: bool = True              # bf16 autocast on a GPU (ignored on the CPU, which trains in float32)
-    device: str = "auto"           # 'auto', 'cpu', 'cuda', 'cuda:1', ...
+    device: str = "auto"           # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
+
+    def validate(self) -> None:
+        """One-line errors for values the loop cannot train with, each naming the allowed range."""
+        checks = [("steps", self.steps >= 1, "at least 1"), ("batch_size", self.batch_size >= 1, "at least 1"),
+                  ("lr", math.isfinite(self.lr) and self.lr > 0, "a finite number above 0, e.g. 1e-3"),
+                  ("warmup_steps", self.warmup_steps >= 0, "0 or more"),
+                  ("weight_decay", self.weight_decay >= 0, "0 or more"),
+                  ("grad_clip", self.grad_clip >= 0, "0 (no clipping) or more"),
+                  ("ema_decay", 0 <= self.ema_decay <= 1, "in [0, 1], e.g. 0.999"),
+                  ("log_every", self.log_every >= 1, "at least 1"),
+                  ("checkpoint_every", self.checkpoint_every >= 1, "at least 1"),
+                  ("sample_every", self.sample_every >= 0, "0 (never) or more")]
+        for key, ok, allowed in checks:
+            if not ok:
+                raise TrainingError(f"{key}={getattr(self, key)} is out of range; use a value {allowed}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise TrainingError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+        name, _, index = self.device.partition(":")
+        if not (self.device in ("auto", "cpu", "cuda", "mps") or (name == "cuda" and index.isdigit())):
+            raise TrainingError(f"unknown device {self.device!r}; choose {DEVICES}")
 
 
 class TrainingError(ValueError):
@@ -79,22 +112,40 @@ def ema_decay_at(config: TrainConfig, step: int) -> float:
     return min(config.ema_decay, (1 + step) / (10 + step))
 
 
-def _step_seed(seed: int, step: int) -> int:
+def step_seed(seed: int, step: int) -> int:
+    """The seed of step `step`'s generator: its batch, noise and timesteps depend on (seed, step) only."""
     return (seed * 1_000_003 + step) % (2**63)
 
 
-def prepare_log(log_path: Path, resume_step: int | None) -> None:
-    """A fresh log, or on resume the log without the lines written after the checkpoint (they will be recomputed)."""
-    if resume_step is not None and log_path.exists():
-        lines = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] < resume_step]
-        log_path.write_text("".join(ln + "\n" for ln in lines))
-    elif resume_step is None and log_path.exists():
-        log_path.unlink()
+def prepare_log(log_path: Path, resume_step: int | None) -> list[dict]:
+    """A fresh log, or on resume the log without the lines written after the checkpoint (they will be recomputed).
+
+    Returns the records kept. A line that is not JSON (the last line torn by a crash) is dropped with one warning."""
+    if resume_step is None:
+        log_path.unlink(missing_ok=True)
+        return []
+    if not log_path.exists():
+        return []
+    records, torn = [], 0
+    for line in log_path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            torn += 1
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] < resume_step:
+            records.append(record)
+    if torn:
+        print(f"minidiff: warning: skipped {torn} unreadable line(s) of {log_path} (a write cut short by a crash)",
+              file=sys.stderr)
+    atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
+    return records
 
 
 def progress_bar(start: int, config: TrainConfig, progress: bool, desc: str):
     """The steps start..config.steps under a tqdm bar (disabled when not progress). One redraw a second at most: in
-    a notebook every redraw is a message that waits until the cell ends, and nbval fails a cell whose queue overflowed."""
+    a notebook every redraw is a message that waits until the cell ends, and nbval fails a cell whose queue
+    overflowed."""
     return tqdm(range(start, config.steps), initial=start, total=config.steps, unit="step", disable=not progress,
                 desc=desc, dynamic_ncols=True, mininterval=1.0)
 
@@ -119,73 +170,133 @@ def end_step(step: int, record: dict, config: TrainConfig, log, bar, t0: float, 
     return saved
 
 
-def train(model: torch.nn.Module, diffusion: GaussianDiffusion, data: torch.Tensor | tuple[torch.Tensor, ...],
-          config: TrainConfig, run_dir: str | Path, run_config: dict, resume: bool = False,
+def non_finite_message(value: float, step: int, checkpoint_step: int | None, losses: list[tuple[int, float]],
+                       config: TrainConfig, run_dir: Path, run_config: dict) -> str:
+    """What to say when the loss became NaN or infinite: which checkpoint is kept, whether it is worth keeping, and
+    the command that works (a fresh run with a lower learning rate; --resume keeps the run's lr).
+
+    losses: the run's (step, loss) so far. A checkpoint is called good only if the losses before it were finite
+    and, since the checkpoint before it, below EXPLODING times the run's median."""
+    fresh = (f"start a fresh run with a lower learning rate: `minidiff train {run_config.get('recipe', 'RECIPE')} "
+             f"--out NEW_FOLDER lr={config.lr / 4:g}` (and your other overrides)")
+    if checkpoint_step is None:
+        return f"loss became {value} at step {step}, before any checkpoint was saved; {fresh}"
+    before = [loss for s, loss in losses if s < checkpoint_step]
+    recent = [loss for s, loss in losses if checkpoint_step - config.checkpoint_every <= s < checkpoint_step]
+    finite = all(math.isfinite(loss) for loss in before)
+    limit = EXPLODING * statistics.median(before) if before and finite else math.inf
+    if finite and all(loss < limit for loss in recent):
+        return (f"loss became {value} at step {step}; the last good checkpoint (step {checkpoint_step}) is kept "
+                f"in {run_dir}; {fresh}")
+    worst = max(recent or before, key=lambda loss: loss if math.isfinite(loss) else math.inf)
+    return (f"loss became {value} at step {step}; the checkpoint of step {checkpoint_step} in {run_dir} was saved "
+            f"while the loss was already exploding (up to {worst:.3g}), so do not build on it; {fresh}")
+
+
+def train(model: torch.nn.Module, objective, data: torch.Tensor | tuple[torch.Tensor, ...], config: TrainConfig,
+          run_dir: str | Path, run_config: dict, resume: bool = False,
           on_sample: Callable[[torch.nn.Module, int], None] | None = None, progress: bool = True):
-    """Train `model` on `data` (N, ...) with the diffusion loss; checkpoints and logs go to run_dir.
+    """Train `model` on `data` (N, ...) with `objective` (see the module's docstring); checkpoints and logs go to
+    run_dir.
 
-    `diffusion` is anything with a `loss(model, batch, generator)` method: the GaussianDiffusion of Chapters 1-2,
-    or (Chapter 3) a text-conditional objective or CLIP's contrastive one. `data` is one tensor, or a tuple of
-    tensors with the same first dimension N (images and their captions' tokens) whose rows are drawn together.
-
-    run_config: the whole run's config, stored in every checkpoint. on_sample(ema_model, step) is
-    called every `sample_every` steps but the last. Returns (model, ema_model, losses) where losses are this
-    call's (step, loss) pairs.
+    `data` is one tensor, or a tuple of tensors with the same first dimension N (images and their captions' tokens)
+    whose rows are drawn together. run_config: the whole run's config, stored in every checkpoint.
+    on_sample(ema_model, step) is called every `sample_every` steps but the last. Returns (model, ema_model, logs)
+    where logs are this call's records, one dict per step: {"step", "loss", and the objective's other terms}.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run_dir)                  # left by a run killed while it saved
     device = resolve_device(config.device)
     model = model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+    betas = getattr(objective, "betas", (0.9, 0.999))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=betas, weight_decay=config.weight_decay,
                                   fused=config.fused)
+    if hasattr(objective, "to"):
+        objective.to(device)
+    networks = getattr(objective, "networks", {})     # saved and restored with the model
+    discriminator = getattr(objective, "discriminator", None)
+    d_optimizer = None
+    if discriminator is not None:                     # AdamW's default weight decay (0.01), as it has always been
+        d_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=objective.discriminator_lr or config.lr,
+                                        betas=betas)
+    optimizers = {"optimizer": optimizer, "d_optimizer": d_optimizer}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and config.bf16)
 
-    start, log_path = 0, run_dir / "log.jsonl"
+    start, checkpoint_path, log_path = 0, run_dir / CHECKPOINT, run_dir / "log.jsonl"
     if resume:
-        tensors, meta = load_checkpoint(run_dir / CHECKPOINT)
-        model.load_state_dict(unprefixed(tensors, "model"))
-        ema.load_state_dict(unprefixed(tensors, "ema"))
-        load_optimizer_tensors(optimizer, unprefixed(tensors, "optimizer"))
+        tensors, meta = load_checkpoint(checkpoint_path)
+        for name, module in {"model": model, "ema": ema, **networks}.items():
+            load_state_strict(module, unprefixed(tensors, name), f"{checkpoint_path} ({name}.*)",
+                              "resume with the recipe and overrides the run was started with")
+        for name, opt in optimizers.items():
+            if opt is not None:
+                load_optimizer_tensors(opt, unprefixed(tensors, name))
         start = meta["step"]
-    prepare_log(log_path, start if resume else None)
+    earlier = prepare_log(log_path, start if resume else None)
 
     def checkpoint(step: int) -> None:
-        tensors = {**prefixed(model.state_dict(), "model"), **prefixed(ema.state_dict(), "ema"),
-                   **prefixed(optimizer_tensors(optimizer), "optimizer")}
-        save_checkpoint(run_dir / CHECKPOINT, tensors, {"step": step, "config": run_config})
+        tensors = {**prefixed(model.state_dict(), "model"), **prefixed(ema.state_dict(), "ema")}
+        for name, opt in optimizers.items():
+            if opt is not None:
+                tensors.update(prefixed(optimizer_tensors(opt), name))
+        for name, module in networks.items():
+            tensors.update(prefixed(module.state_dict(), name))
+        save_checkpoint(checkpoint_path, tensors, {"step": step, "config": run_config})
 
     data = tuple(d.to(device) for d in data) if isinstance(data, tuple) else data.to(device)
     num_examples = (data[0] if isinstance(data, tuple) else data).shape[0]
-    losses, last_saved = [], start
+    losses = [(r["step"], r["loss"]) for r in earlier if isinstance(r.get("loss"), (int, float))]
+    logs, last_saved = [], start if resume else None
     bar = progress_bar(start, config, progress, "train")
     t0 = time.perf_counter()
     model.train()
     with open(log_path, "a") as log:
         for step in bar:
-            generator = torch.Generator().manual_seed(_step_seed(config.seed, step))
-            torch.manual_seed(_step_seed(config.seed, step))             # dropout draws from the global RNG
+            generator = torch.Generator().manual_seed(step_seed(config.seed, step))
+            torch.manual_seed(step_seed(config.seed, step))             # dropout draws from the global RNG
             index = torch.randint(0, num_examples, (config.batch_size,), generator=generator).to(device)
-            x0 = tuple(d[index] for d in data) if isinstance(data, tuple) else data[index]   # (B, ...)
+            batch = tuple(d[index] for d in data) if isinstance(data, tuple) else data[index]   # (B, ...)
+            lr = learning_rate(config, step)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, step)
+                group["lr"] = lr
 
+            # 1. the model: the objective's loss, one AdamW step, the EMA
+            adversarial = discriminator is not None and objective.adversarial_at(step)
             with autocast:
-                loss = diffusion.loss(model, x0, generator)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"loss became {loss.item()} at step {step}; the last good checkpoint "
-                                    f"(step {last_saved}) is kept in {run_dir}; lower the learning rate "
-                                    f"(lr={config.lr / 4:g}) and continue with --resume")
+                if discriminator is None:
+                    loss, terms = objective.loss(model, batch, generator), {}
+                else:
+                    discriminator.eval().requires_grad_(False)       # a fixed judge while the model learns
+                    loss, fake, terms = objective.loss(model, batch, generator, adversarial)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TrainingError(non_finite_message(value, step, last_saved, losses, config, run_dir, run_config))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             update_ema(ema, model, ema_decay_at(config, step))
 
-            value = loss.item()
+            # 2. the discriminator, if the objective has one, on the same real batch and the model's fakes
+            if adversarial:
+                discriminator.train().requires_grad_(True)
+                for group in d_optimizer.param_groups:
+                    group["lr"] = (objective.discriminator_lr or config.lr) * lr / config.lr
+                with autocast:
+                    d_loss = objective.discriminator_loss(batch, fake.detach())
+                d_optimizer.zero_grad(set_to_none=True)
+                d_loss.backward()
+                d_optimizer.step()
+                terms["d_loss"] = d_loss.item()
+
+            record = {"loss": value, **terms}
             losses.append((step, value))
-            if end_step(step, {"loss": value}, config, log, bar, t0, checkpoint, on_sample, ema):
+            logs.append({"step": step, **record})
+            if end_step(step, record, config, log, bar, t0, checkpoint, on_sample, ema):
                 last_saved = step + 1
     model.eval()
     ema.eval()
-    return model, ema, losses
+    return model, ema, logs

@@ -1,0 +1,99 @@
+"""Several processes training one model: the process-group plumbing for `torchrun` (data parallelism).
+
+    torchrun --nproc_per_node=N -m minidiff train RECIPE [key=value ...]
+
+torchrun starts N copies of the program and gives each the environment variables RANK (0..N-1), WORLD_SIZE (N),
+LOCAL_RANK (its GPU on this machine), MASTER_ADDR and MASTER_PORT. init_from_environment() joins them into one
+process group: NCCL between GPUs, gloo between CPU processes. Without those variables (a plain `minidiff train`)
+everything here is a no-op: rank 0 of a world of 1, so the training loop reads the same either way.
+
+The loop (minidiff.training.loop) splits each step's batch across the processes, DistributedDataParallel averages
+their gradients, and only rank 0 (is_main) writes logs, sample grids and checkpoints.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+ENVIRONMENT = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+class DistributedError(ValueError):
+    """Several processes cannot train this run; the message says why and what to do."""
+
+
+def init_from_environment(device: str = "auto") -> bool:
+    """Join torchrun's process group if this process was started by torchrun; True if it did (or had already).
+
+    device: the run's TrainConfig.device. The backend is NCCL when the processes train on CUDA GPUs (each on
+    cuda:LOCAL_RANK), else gloo."""
+    if dist.is_available() and dist.is_initialized():
+        return True
+    if not all(name in os.environ for name in ENVIRONMENT) or int(os.environ["WORLD_SIZE"]) < 2:
+        return False
+    if not dist.is_available():
+        raise DistributedError("this PyTorch build has no torch.distributed; run `minidiff train` without torchrun")
+    cuda = torch.cuda.is_available() and (device == "auto" or device.startswith("cuda"))
+    if cuda:
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return True
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    """This process's number, 0..world_size()-1 (0 without torchrun)."""
+    return dist.get_rank() if is_initialized() else 0
+
+
+def world_size() -> int:
+    """How many processes train together (1 without torchrun)."""
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def local_rank() -> int:
+    """This process's GPU on its machine (torchrun's LOCAL_RANK; 0 without torchrun)."""
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_main() -> bool:
+    """True in the one process that writes files and prints: rank 0."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    """Wait until every process gets here (nothing to wait for without torchrun)."""
+    if world_size() > 1:
+        dist.barrier()
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """The mean of `value` over all processes (a new tensor; `value` itself without torchrun)."""
+    if world_size() == 1:
+        return value
+    total = value.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total / world_size()
+
+
+def shard(batch_size: int) -> slice:
+    """This process's examples of a global batch of batch_size: consecutive blocks, rank 0 first.
+
+    (B,) -> rank r takes [r * B/N, (r + 1) * B/N); B must divide evenly, so every process weighs the same."""
+    n = world_size()
+    if batch_size % n:
+        raise DistributedError(f"batch_size={batch_size} does not split evenly across {n} processes; use a multiple "
+                               f"of {n}, e.g. batch_size={batch_size - batch_size % n or n}")
+    size = batch_size // n
+    return slice(rank() * size, (rank() + 1) * size)
+
+
+def close() -> None:
+    """Leave the process group (at the end of a torchrun run)."""
+    if is_initialized():
+        dist.destroy_process_group()
