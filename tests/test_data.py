@@ -62,6 +62,14 @@ def test_unknown_2d_distribution():
         sample_2d("spiral", 10)
 
 
+@pytest.mark.parametrize("n", [0, -1, 2.5])
+def test_no_2d_points_is_a_clear_error(n):
+    with pytest.raises(ValueError, match="n must be a whole number of at least 1"):
+        sample_2d("two_moons", n)
+    with pytest.raises(ValueError, match="n must be a whole number of at least 1"):
+        toy2d_dataset("two_moons", n)
+
+
 def test_hf_image_dataset_from_local_folder(tmp_path):
     datasets = pytest.importorskip("datasets")
     from PIL import Image
@@ -77,3 +85,7 @@ def test_hf_image_dataset_from_local_folder(tmp_path):
     assert gray.shape == (2, 1, 8, 8)
     with pytest.raises(ValueError, match="no column 'image'"):
         load_image_dataset(str(tmp_path / "ds"))
+    for kwargs, message in [({"channels": 4}, "channels must be 1"), ({"size": 0}, "size must be"),
+                            ({"limit": 0}, "limit must be at least 1")]:
+        with pytest.raises(ValueError, match=message):
+            load_image_dataset(str(tmp_path / "ds"), image_column="img", **kwargs)

@@ -379,12 +379,18 @@ def test_the_rendered_scenes_kept_are_bounded(monkeypatch):
     assert [key[0] for key in shapes_dataset._rendered] == ["validation", "heldout"]
 
 
-@pytest.mark.parametrize("n", [0, -3])
+@pytest.mark.parametrize("n", [0, -3, 2.5])
 def test_no_examples_is_a_clear_error(n):
-    with pytest.raises(ValueError, match="n must be at least 1"):
+    with pytest.raises(ValueError, match="n must be a whole number of at least 1"):
         shapes_tensors("train", n, 32)
-    with pytest.raises(ValueError, match="n must be at least 1"):
+    with pytest.raises(ValueError, match="n must be a whole number of at least 1"):
         build_shapes("unused", size=32, n=n)
+
+
+@pytest.mark.parametrize("index, seed, message", [(-1, 0, "example index"), (0, -1, "seed"), (0, 1.5, "seed")])
+def test_a_negative_index_or_seed_is_a_clear_error(index, seed, message):
+    with pytest.raises(ValueError, match=f"^{message} must be a whole number of 0 or more"):
+        make_example("train", index, 32, seed=seed)
 
 
 def test_shapes_split_columns():
@@ -407,6 +413,8 @@ def test_cli_builds_the_dataset(tmp_path, capsys):
     (["--size", "8"], "16 to 256"),
     (["--size", "300"], "16 to 256"),
     (["--n", "0"], "at least 1"),
+    (["--size", "0"], "16 to 256"),
+    (["--seed", "-1"], "seed must be a whole number of 0 or more"),
 ])
 def test_cli_bad_input(tmp_path, capsys, args, message):
     assert main(["data", "shapes", "--out", str(tmp_path / "d"), *args]) == 2

@@ -46,6 +46,12 @@ def load_image_dataset(name_or_path: str, split: str = "train", image_column: st
     """
     import datasets
 
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a whole number of pixels of at least 1, got {size!r}")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be at least 1 image, got {limit!r}; pass None to load them all")
     path = Path(name_or_path)
     if path.exists():
         ds = datasets.load_from_disk(str(path))

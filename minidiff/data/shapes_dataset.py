@@ -57,8 +57,15 @@ def check_split(split: str) -> None:
 
 
 def check_count(n: int) -> None:
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}; ask for one example or more")
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a whole number of at least 1, got {n!r}; ask for one example or more")
+
+
+def check_index_and_seed(index: int, seed: int) -> None:
+    """Both seed an example's generator, which takes whole numbers of 0 or more."""
+    for name, value in (("example index", index), ("seed", seed)):
+        if not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name} must be a whole number of 0 or more, got {value!r}; seeds start at 0")
 
 
 def _random_size(rng: np.random.Generator, count: int = 1) -> str:
@@ -128,6 +135,7 @@ def make_example(split: str, index: int, size: int = 32, seed: int = 0,
     """Example `index` of a split: a dict with the image (uint8 HxWx3), caption, spec and scene metadata."""
     check_split(split)
     check_resolution(size)
+    check_index_and_seed(index, seed)
     options = options or ShapesOptions()
     rng = np.random.default_rng([SPLITS[split], index, seed])
     names, weights = zip(*options.categories.items())

@@ -5,6 +5,7 @@ Each sampler returns (n, 2) points scaled to roughly unit standard deviation per
 from __future__ import annotations
 
 import math
+from numbers import Integral
 
 import torch
 
@@ -13,6 +14,8 @@ DISTRIBUTIONS = ("swiss_roll", "two_moons", "eight_gaussians")
 
 def sample_2d(name: str, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """n points (n, 2) from one of DISTRIBUTIONS."""
+    if not isinstance(n, Integral) or n < 1:
+        raise ValueError(f"n must be a whole number of at least 1, got {n!r}; ask for one point or more")
     g = generator
     if name == "swiss_roll":
         theta = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=g))                 # (n,)
