@@ -2,8 +2,10 @@
 
 Each case builds a tiny random UNet2DModel, saves it with save_pretrained, loads it with
 minidiff.load_pretrained, and compares the two networks on random inputs (max abs diff <= 1e-5).
+The other direction: a tiny random minidiff U-Net converted with minidiff.models.unet_diffusers.to_diffusers loads
+into diffusers' UNet2DModel and computes the same (<= 1e-5), and minidiff -> diffusers layout -> minidiff is the
+identity.
 """
-import dataclasses
 import json
 
 import pytest
@@ -12,8 +14,9 @@ from diffusers import UNet2DModel
 
 import minidiff
 from minidiff.models.unet import UNet, UNetConfig
+from minidiff.models.unet_diffusers import to_diffusers
 from minidiff.weights import PretrainedError, unet_config_from_diffusers
-from parity_helpers import edit_config, randomized
+from parity_helpers import assert_round_trip, edit_config, randomized
 
 DDPM_EMBEDDING = dict(flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6, downsample_padding=0)
 
@@ -60,6 +63,17 @@ CONFIGS = {
 }
 
 
+# minidiff configs for the other direction (minidiff -> diffusers)
+MINIDIFF_CONFIGS = {
+    "toy-unfolded": UNetConfig.toy(patch_size=1),
+    # up-path attention at another level than down, different in/out channels, SD-style embedding and padding
+    "asymmetric": UNetConfig(in_channels=2, out_channels=3, sample_size=16, block_channels=(16, 32, 32),
+                             attention_levels=(1,), up_attention_levels=(2,), layers_per_block=1, norm_groups=8,
+                             flip_sin_to_cos=True, freq_shift=0, downsample_padding=1),
+    # AdaGN and 8-wide heads
+    "scale-shift-heads": UNetConfig.toy(patch_size=1, time_scale_shift=True, attention_head_dim=8),
+}
+
 
 def save(tmp_path, **config) -> tuple[UNet2DModel, str]:
     torch.manual_seed(0)
@@ -104,12 +118,41 @@ def test_loaded_unet_matches_diffusers_in_float64(tmp_path, name):
         assert (ours(x, t) - theirs(x, t).sample).abs().max().item() <= 1e-10
 
 
+@pytest.mark.parametrize("name", MINIDIFF_CONFIGS)
+def test_converted_minidiff_unet_matches_diffusers(name):
+    """minidiff -> diffusers with the inverse converter: UNet2DModel.from_config + a strict load, same outputs."""
+    config = MINIDIFF_CONFIGS[name]
+    torch.manual_seed(0)
+    ours = randomized(UNet(config))
+    state_dict, reference_config = to_diffusers(ours.state_dict(), config)
+    assert reference_config["_class_name"] == "UNet2DModel"
+    theirs = UNet2DModel.from_config(reference_config)
+    theirs.load_state_dict(state_dict)                                   # strict: every key, every shape
+    theirs.eval()
+    x = torch.randn(2, config.in_channels, 16, 24, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        t = torch.tensor([3, 871])
+        assert (ours(x, t) - theirs(x, t).sample).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("name", MINIDIFF_CONFIGS)
+def test_round_trip_through_the_diffusers_layout(tmp_path, name):
+    torch.manual_seed(0)
+    assert_round_trip(randomized(UNet(MINIDIFF_CONFIGS[name])), to_diffusers, tmp_path / name)
+
+
+def test_patch_fold_does_not_convert():
+    config = UNetConfig.toy()
+    with pytest.raises(PretrainedError, match="patch_size=2, which diffusers' U-Nets do not have"):
+        to_diffusers(UNet(config).state_dict(), config)
+
+
 def test_toy_mirror_config_is_the_toy_preset(tmp_path):
     _, path = save(tmp_path, **CONFIGS["toy"])
     loaded = minidiff.load_pretrained(path).config
     assert loaded.up_levels == UNetConfig.toy().up_levels == (2,) and loaded.patch_size == 1
-    # the loader spells the up-path levels out; the preset leaves them as None ("as on the way down")
-    assert dataclasses.replace(loaded, up_attention_levels=None) == UNetConfig.toy(patch_size=1)
+    # up-path attention where the down path has it reads as None ("as on the way down"), as in the preset
+    assert loaded == UNetConfig.toy(patch_size=1)
 
 
 def test_up_attention_levels_are_read_in_reverse():

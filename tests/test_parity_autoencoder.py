@@ -3,6 +3,9 @@
 Each case builds a tiny random AutoencoderKL, saves it with save_pretrained, loads it with
 minidiff.load_pretrained and compares the encoder's mean and log-variance and the decoder's output
 (max abs diff <= 1e-5 in float32, <= 1e-10 in float64).
+The other direction: a tiny random minidiff Autoencoder converted with
+minidiff.models.autoencoder_diffusers.to_diffusers loads into diffusers' AutoencoderKL and computes the same
+(<= 1e-5), and minidiff -> diffusers layout -> minidiff is the identity.
 """
 import json
 
@@ -13,8 +16,9 @@ from diffusers import AutoencoderKL
 import minidiff
 from minidiff.models import PRESETS, count_parameters
 from minidiff.models.autoencoder import Autoencoder, AutoencoderConfig
+from minidiff.models.autoencoder_diffusers import to_diffusers
 from minidiff.weights import PretrainedError, autoencoder_config_from_diffusers
-from test_parity import randomized
+from parity_helpers import assert_round_trip, randomized
 
 BLOCKS = lambda n: dict(down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n)
 
@@ -32,6 +36,14 @@ CONFIGS = {
     # one-channel images, a single level (f=1)
     "gray-f1": dict(in_channels=1, out_channels=1, block_out_channels=(16,), layers_per_block=1,
                     latent_channels=2, norm_num_groups=4, **BLOCKS(1)),
+}
+
+# minidiff configs for the other direction (minidiff -> diffusers)
+MINIDIFF_CONFIGS = {
+    "toy": AutoencoderConfig.toy(),
+    # SD3's options: 16 latent channels, no quant convs, a shift factor; one-channel images
+    "sd3-like": AutoencoderConfig.toy(in_channels=1, out_channels=1, latent_channels=16, use_quant_conv=False,
+                                      use_post_quant_conv=False, scaling_factor=1.5305, shift_factor=0.0609),
 }
 
 
@@ -61,6 +73,38 @@ def test_same_posterior_and_decoder_output(tmp_path, name, dtype, tolerance):
         assert (ours.decode(z) - reference.decode(z).sample).abs().max() <= tolerance
     assert ours.config.scaling_factor == pytest.approx(config.get("scaling_factor", 0.18215))
     assert ours.config.shift_factor == pytest.approx(config.get("shift_factor", 0.0))
+
+
+@pytest.mark.parametrize("name", MINIDIFF_CONFIGS)
+def test_converted_minidiff_autoencoder_matches_diffusers(name):
+    """minidiff -> diffusers with the inverse converter: AutoencoderKL.from_config + a strict load."""
+    config = MINIDIFF_CONFIGS[name]
+    torch.manual_seed(0)
+    ours = randomized(Autoencoder(config))
+    state_dict, reference_config = to_diffusers(ours.state_dict(), config)
+    theirs = AutoencoderKL.from_config(reference_config)
+    theirs.load_state_dict(state_dict)                                   # strict: every key, every shape
+    theirs.eval()
+    x = torch.randn(2, config.in_channels, 16, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = theirs.encode(x).latent_dist
+        posterior = ours.encode(x)
+        assert (posterior.mean - expected.mean).abs().max() <= 1e-5
+        assert (posterior.logvar - expected.logvar).abs().max() <= 1e-5
+        assert (ours.decode(posterior.mean) - theirs.decode(expected.mean).sample).abs().max() <= 1e-5
+    assert theirs.config.scaling_factor == config.scaling_factor
+
+
+@pytest.mark.parametrize("name", MINIDIFF_CONFIGS)
+def test_round_trip_through_the_diffusers_layout(tmp_path, name):
+    torch.manual_seed(0)
+    assert_round_trip(randomized(Autoencoder(MINIDIFF_CONFIGS[name])), to_diffusers, tmp_path / name)
+
+
+def test_other_norm_eps_does_not_convert():
+    config = AutoencoderConfig.toy(norm_eps=1e-5)
+    with pytest.raises(PretrainedError, match="norm_eps=1e-05, but diffusers' AutoencoderKL fixes it at 1e-06"):
+        to_diffusers(Autoencoder(config).state_dict(), config)
 
 
 def test_minidiff_presets_match_diffusers_configs():

@@ -3,6 +3,9 @@
 Each case builds a tiny random transformers.CLIPTextModel, saves it with save_pretrained, loads it with
 minidiff.load_pretrained, and compares last_hidden_state and the pooled output on token ids padded after the
 end-of-text token (max abs diff <= 1e-5 in float32, <= 1e-10 in float64).
+The other direction: a tiny random minidiff CLIPTextEncoder converted with
+minidiff.models.clip_transformers.to_transformers loads into transformers' class and computes the same (<= 1e-5),
+and minidiff -> transformers layout -> minidiff is the identity.
 """
 
 import pytest
@@ -14,8 +17,9 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 import minidiff  # noqa: E402
 from minidiff.models import PRESETS, count_parameters  # noqa: E402
 from minidiff.models.clip import CLIPTextConfig, CLIPTextEncoder  # noqa: E402
+from minidiff.models.clip_transformers import to_transformers  # noqa: E402
 from minidiff.weights import PretrainedError, clip_text_config_from_transformers  # noqa: E402
-from parity_helpers import edit_config, randomized  # noqa: E402
+from parity_helpers import assert_round_trip, edit_config, randomized  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,6 +33,15 @@ EOS_RULES = {"legacy-eos-2": dict(bos_token_id=0, eos_token_id=2, pad_token_id=1
              "eos-40": dict(bos_token_id=41, eos_token_id=40, pad_token_id=1)}
 TEXT_EOS = {"legacy-eos-2": VOCAB - 1, "eos-40": 40}   # the id the tokenizer writes at the end of the text
 
+
+# minidiff configs for the other direction (minidiff -> transformers), each with the EOS rule of its token ids
+MINIDIFF_SIZES = dict(vocab_size=VOCAB, context_length=16, width=32, layers=2, heads=4, mlp_width=37)
+MINIDIFF_CONFIGS = {
+    "eos-40": (CLIPTextConfig(**MINIDIFF_SIZES, eos_token_id=40), "eos-40"),
+    "legacy-argmax-gelu": (CLIPTextConfig(**MINIDIFF_SIZES, eos_token_id=2, pooling="argmax", activation="gelu"),
+                           "legacy-eos-2"),
+    "projection": (CLIPTextConfig(**MINIDIFF_SIZES, eos_token_id=40, projection_dim=24), "eos-40"),
+}
 
 
 def save(tmp_path, cls=transformers.CLIPTextModel, **config):
@@ -69,6 +82,43 @@ def test_same_hidden_states_and_pooled_output(tmp_path, rule, activation, dtype,
         assert last.dtype == dtype and last.shape == expected.last_hidden_state.shape == (3, length, 32)
         assert (last - expected.last_hidden_state).abs().max().item() <= tolerance
         assert (pooled - expected.pooler_output).abs().max().item() <= tolerance
+
+
+@pytest.mark.parametrize("name", MINIDIFF_CONFIGS)
+def test_converted_minidiff_encoder_matches_transformers(name):
+    """minidiff -> transformers with the inverse converter: the class config.json names, a strict load."""
+    config, rule = MINIDIFF_CONFIGS[name]
+    torch.manual_seed(0)
+    ours = randomized(CLIPTextEncoder(config))
+    state_dict, reference_config = to_transformers(ours.state_dict(), config)
+    cls = getattr(transformers, reference_config["architectures"][0])
+    theirs = cls(transformers.CLIPTextConfig.from_dict(reference_config))
+    theirs.load_state_dict(state_dict)                                   # strict: every key, every shape
+    theirs.eval()
+    ids = token_ids(rule)
+    with torch.no_grad():
+        expected = theirs(input_ids=ids)
+        last, pooled = ours(ids)
+    pooled_expected = expected.text_embeds if config.projection_dim else expected.pooler_output
+    assert (last - expected.last_hidden_state).abs().max().item() <= 1e-5
+    assert (pooled - pooled_expected).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("name", MINIDIFF_CONFIGS)
+def test_round_trip_through_the_transformers_layout(tmp_path, name):
+    torch.manual_seed(0)
+    assert_round_trip(randomized(CLIPTextEncoder(MINIDIFF_CONFIGS[name][0])), to_transformers, tmp_path / name,
+                      weights="model.safetensors")
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(causal=False), "causal=False, but transformers' CLIP text model is causal"),
+    (dict(pooling="argmax"), "pooling='argmax' with eos_token_id=40, but transformers pools at argmax exactly"),
+])
+def test_what_transformers_cannot_hold_does_not_convert(change, message):
+    config = CLIPTextConfig(**MINIDIFF_SIZES, **{"eos_token_id": 40, **change})
+    with pytest.raises(PretrainedError, match=message):
+        to_transformers(CLIPTextEncoder(config).state_dict(), config)
 
 
 def test_with_projection(tmp_path):

@@ -3,9 +3,10 @@
 Each case builds a tiny random UNet2DConditionModel, saves it with save_pretrained, loads it with
 minidiff.load_pretrained, and compares the two networks on the same (x_t, t, context): max abs diff <= 1e-5
 in float32. Options minidiff does not implement are refused with a one-line PretrainedError.
+The other direction: a tiny random minidiff U-Net converted with minidiff.models.unet_diffusers.to_diffusers loads
+into diffusers' UNet2DConditionModel and computes the same (<= 1e-5), and minidiff -> diffusers layout -> minidiff
+is the identity.
 """
-import dataclasses
-
 import pytest
 import torch
 
@@ -14,8 +15,9 @@ from diffusers import UNet2DConditionModel  # noqa: E402
 
 import minidiff  # noqa: E402
 from minidiff.models.unet import UNet, UNetConfig  # noqa: E402
+from minidiff.models.unet_diffusers import to_diffusers  # noqa: E402
 from minidiff.weights import PretrainedError, cond_unet_config_from_diffusers  # noqa: E402
-from parity_helpers import edit_config, randomized  # noqa: E402
+from parity_helpers import assert_round_trip, edit_config, randomized  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,6 +65,16 @@ SD15 = dict(sample_size=64, in_channels=4, out_channels=4, flip_sin_to_cos=True,
             layers_per_block=2, downsample_padding=1, norm_num_groups=32, norm_eps=1e-5, cross_attention_dim=768,
             attention_head_dim=8)
 
+
+# minidiff configs for the other direction (minidiff -> diffusers)
+MINIDIFF_CONFIGS = {
+    "text-toy": UNetConfig.text_toy(),
+    # heads and depths per level, linear projections, attention up only at level 0, AdaGN
+    "per-level-asymmetric": UNetConfig.text_toy(block_channels=(16, 32), attention_heads=(2, 4),
+                                                transformer_depth=(1, 2), up_attention_levels=(0,),
+                                                use_linear_projection=True, time_scale_shift=True, in_channels=3,
+                                                out_channels=5, cross_attention_dim=8),
+}
 
 
 def save(tmp_path, **config) -> tuple[UNet2DConditionModel, str]:
@@ -113,6 +125,35 @@ def test_loaded_cond_unet_matches_diffusers_in_float64(tmp_path, name):
         assert (ours(x, t, context) - theirs(x, t, encoder_hidden_states=context).sample).abs().max().item() <= 1e-10
 
 
+@pytest.mark.parametrize("name", MINIDIFF_CONFIGS)
+def test_converted_minidiff_unet_matches_diffusers(name):
+    """minidiff -> diffusers with the inverse converter: UNet2DConditionModel.from_config + a strict load."""
+    config = MINIDIFF_CONFIGS[name]
+    torch.manual_seed(0)
+    ours = randomized(UNet(config))
+    state_dict, reference_config = to_diffusers(ours.state_dict(), config)
+    assert reference_config["_class_name"] == "UNet2DConditionModel"
+    theirs = UNet2DConditionModel.from_config(reference_config)
+    theirs.load_state_dict(state_dict)                                   # strict: every key, every shape
+    theirs.eval()
+    x, context = inputs(dict(in_channels=config.in_channels, cross_attention_dim=config.cross_attention_dim))
+    with torch.no_grad():
+        t = torch.tensor([3, 871])
+        assert (ours(x, t, context) - theirs(x, t, encoder_hidden_states=context).sample).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("name", MINIDIFF_CONFIGS)
+def test_round_trip_through_the_diffusers_layout(tmp_path, name):
+    torch.manual_seed(0)
+    assert_round_trip(randomized(UNet(MINIDIFF_CONFIGS[name])), to_diffusers, tmp_path / name)
+
+
+def test_position_embedding_does_not_convert():
+    config = UNetConfig.text_toy(position_embedding=True)
+    with pytest.raises(PretrainedError, match="position_embedding=True"):
+        to_diffusers(UNet(config).state_dict(), config)
+
+
 def test_heads_and_depths_are_read_per_level():
     config = cond_unet_config_from_diffusers(UNet2DConditionModel(**CONFIGS["depth-per-level-asymmetric"]).config)
     assert config.attention_heads == (2, 4) and config.transformer_depth == (1, 2)
@@ -123,7 +164,7 @@ def test_heads_and_depths_are_read_per_level():
 def test_text_toy_mirror_is_the_text_toy_preset(tmp_path):
     theirs, path = save(tmp_path, **TEXT_TOY)
     loaded = minidiff.load_pretrained(path).config
-    assert dataclasses.replace(loaded, up_attention_levels=None) == UNetConfig.text_toy()
+    assert loaded == UNetConfig.text_toy()
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(theirs) == count(UNet(UNetConfig.text_toy()))
 
@@ -134,7 +175,7 @@ def test_sd15_config_is_the_sd15_preset():
         theirs = UNet2DConditionModel(**SD15)
         loaded = cond_unet_config_from_diffusers(dict(theirs.config))
         ours = UNet(loaded)
-    assert dataclasses.replace(loaded, up_attention_levels=None) == UNetConfig.sd15()
+    assert loaded == UNetConfig.sd15()
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(theirs) == count(ours) == 859_520_964
 
