@@ -11,7 +11,7 @@ from minidiff.data.captions import CaptionError, PromptSpec, Thing, parse, plain
 from minidiff.data.shapes import (COLORS, HELDOUT_PAIRS, SHAPES, Scene, ShapeObject, coverage,
                                   position_of, relation_holds, render)
 from minidiff.data.shapes_dataset import (SPLITS, ShapesOptions, build_shapes, make_example, scene_for_spec,
-                                          shapes_split, shapes_tensors)
+                                          shapes_scenes, shapes_split, shapes_tensors)
 
 
 def digest(image: np.ndarray) -> str:
@@ -322,9 +322,9 @@ def test_shapes_tensors_are_model_ready():
     assert captions[3] == make_example("train", 3, 32)["caption"]
 
 
-def test_shapes_tensors_render_each_scene_once(monkeypatch):
-    """A second identical request renders nothing, a shorter one is served from a longer one, a longer one renders
-    only what is missing, and the answers are bit for bit what rendering them afresh gives."""
+@pytest.fixture
+def count_renders(monkeypatch):
+    """An empty render cache for the test, and the list of (split, index) rendered while it runs."""
     from collections import OrderedDict
 
     from minidiff.data import shapes_dataset
@@ -337,29 +337,47 @@ def test_shapes_tensors_render_each_scene_once(monkeypatch):
         return make_example(split, index, *args, **kwargs)
 
     monkeypatch.setattr(shapes_dataset, "make_example", counting)
+    return rendered
 
-    def fresh(split, n, size, seed=0):
-        pixels = np.stack([make_example(split, i, size, seed)["image"] for i in range(n)])    # (n, S, S, 3)
-        return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255 * 2 - 1
 
+def rendered_afresh(split, n, size, seed=0):
+    """What shapes_tensors' images were before the cache: examples rendered now, through the same data step."""
+    pixels = np.stack([make_example(split, i, size, seed)["image"] for i in range(n)])    # (n, S, S, 3)
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255 * 2 - 1
+
+
+def test_shapes_tensors_render_each_scene_once(count_renders):
+    """A second identical request renders nothing, a shorter one is served from a longer one, a longer one renders
+    only what is missing, and the answers are bit for bit what rendering them afresh gives."""
+    rendered = count_renders
     images, captions = shapes_tensors("train", 20, 16)
-    assert len(rendered) == 20 and torch.equal(images, fresh("train", 20, 16))
+    assert len(rendered) == 20 and torch.equal(images, rendered_afresh("train", 20, 16))
     images[:] = 0                                             # a caller changing its copy changes nothing cached
     captions[0] = "changed"
     again, again_captions = shapes_tensors("train", 20, 16)
-    assert len(rendered) == 20 and torch.equal(again, fresh("train", 20, 16))
+    assert len(rendered) == 20 and torch.equal(again, rendered_afresh("train", 20, 16))
     assert again_captions == [make_example("train", i, 16)["caption"] for i in range(20)]
-    assert torch.equal(shapes_tensors("train", 7, 16)[0], fresh("train", 7, 16)) and len(rendered) == 20
-    assert torch.equal(shapes_tensors("train", 30, 16)[0], fresh("train", 30, 16))
+    assert torch.equal(shapes_tensors("train", 7, 16)[0], rendered_afresh("train", 7, 16)) and len(rendered) == 20
+    assert torch.equal(shapes_tensors("train", 30, 16)[0], rendered_afresh("train", 30, 16))
     assert rendered[20:] == [("train", i) for i in range(20, 30)]
     # every argument that changes the scenes is part of the key
-    assert torch.equal(shapes_tensors("train", 5, 16, seed=1)[0], fresh("train", 5, 16, seed=1))
-    assert torch.equal(shapes_tensors("test", 5, 16)[0], fresh("test", 5, 16))
-    assert torch.equal(shapes_tensors("train", 5, 24)[0], fresh("train", 5, 24))
+    assert torch.equal(shapes_tensors("train", 5, 16, seed=1)[0], rendered_afresh("train", 5, 16, seed=1))
+    assert torch.equal(shapes_tensors("test", 5, 16)[0], rendered_afresh("test", 5, 16))
+    assert torch.equal(shapes_tensors("train", 5, 24)[0], rendered_afresh("train", 5, 24))
     reordered = ShapesOptions(categories=dict(reversed(ShapesOptions().categories.items())))
     expected = [make_example("train", i, 16, options=reordered)["caption"] for i in range(20)]
     assert shapes_tensors("train", 20, 16, options=reordered)[1] == expected
     assert len(rendered) == 30 + 5 + 5 + 5 + 20
+
+
+def test_shapes_scenes_share_the_renders(count_renders):
+    shapes_tensors("test", 12, 16)
+    images, captions, objects = shapes_scenes("test", 10, 16)
+    assert len(count_renders) == 12 and torch.equal(images, rendered_afresh("test", 10, 16))
+    examples = [make_example("test", i, 16) for i in range(10)]
+    assert captions == [e["caption"] for e in examples] and objects == [e["objects"] for e in examples]
+    objects[0][0]["color"] = "changed"                       # a copy: the next call still has the truth
+    assert shapes_scenes("test", 10, 16)[2] == [e["objects"] for e in examples] and len(count_renders) == 12
 
 
 def test_the_rendered_scenes_kept_are_bounded(monkeypatch):

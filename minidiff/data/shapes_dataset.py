@@ -276,27 +276,39 @@ def build_shapes(out: str | Path, size: int = 32, n: int = 20000, seed: int = 0,
 
 
 RENDERED_CACHE_BYTES = 256 * 2**20      # the pixels of 20000 32x32 scenes take 59 MiB; a few such runs fit
-_rendered: OrderedDict[tuple, tuple[np.ndarray, list[str]]] = OrderedDict()   # least recently used first
+# (split, size, seed, options) -> (uint8 pixels (n, S, S, 3), captions, each scene's objects); least recently used
+# first. The pixels are what the budget counts: a scene's caption and objects take a few hundred bytes beside them.
+_rendered: OrderedDict[tuple, tuple[np.ndarray, list[str], list[list[dict]]]] = OrderedDict()
 
 
 def _rendered_examples(split: str, n: int, size: int, seed: int,
-                       options: ShapesOptions) -> tuple[np.ndarray, list[str]]:
-    """uint8 pixels (n, size, size, 3) and the captions of examples 0..n-1, each rendered once per process.
+                       options: ShapesOptions) -> tuple[np.ndarray, list[str], list[list[dict]]]:
+    """uint8 pixels (n, size, size, 3), captions and objects of examples 0..n-1, each rendered once per process.
 
     An example is a function of (split, index, size, seed, options) alone, so the first n of a longer run are the
     same examples: a run of the same scenes serves any shorter request, and a longer one renders only what it
-    lacks. The arrays are private: shapes_tensors turns them into new tensors, never views."""
+    lacks. What this returns is the cache's own: the public functions below hand out new tensors and copies."""
     key = (split, size, seed, repr(asdict(options)))     # repr keeps the categories' order, which draws matter
-    pixels, captions = _rendered.pop(key, (np.zeros((0, size, size, 3), np.uint8), []))
+    pixels, captions, objects = _rendered.pop(key, (np.zeros((0, size, size, 3), np.uint8), [], []))
     if len(captions) < n:
         rows = [make_example(split, i, size, seed, options) for i in range(len(captions), n)]
         pixels = np.concatenate([pixels, np.stack([row["image"] for row in rows])])      # (n, S, S, 3)
         captions = captions + [row["caption"] for row in rows]
+        objects = objects + [row["objects"] for row in rows]
     if pixels.nbytes <= RENDERED_CACHE_BYTES:
-        _rendered[key] = pixels, captions
-        while sum(p.nbytes for p, _ in _rendered.values()) > RENDERED_CACHE_BYTES:
+        _rendered[key] = pixels, captions, objects
+        while sum(entry[0].nbytes for entry in _rendered.values()) > RENDERED_CACHE_BYTES:
             _rendered.popitem(last=False)
-    return pixels[:n], captions[:n]
+    return pixels[:n], captions[:n], objects[:n]
+
+
+def _model_ready(pixels: np.ndarray):
+    """uint8 (n, S, S, 3) -> a new float tensor (n, 3, S, S) in [-1, 1]: the visible data step."""
+    import torch
+
+    from minidiff.data.images import to_model_range
+
+    return to_model_range(torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255)   # (n, 3, S, S)
 
 
 def shapes_tensors(split: str = "train", n: int = 1000, size: int = 32, seed: int = 0,
@@ -307,13 +319,21 @@ def shapes_tensors(split: str = "train", n: int = 1000, size: int = 32, seed: in
     are rendered once per process (a few runs of them are kept, see _rendered_examples); every call returns new
     tensors and a new list, so a caller may change them freely.
     """
-    import torch
-
-    from minidiff.data.images import to_model_range
-
     check_split(split)
     check_resolution(size)
     check_count(n)
-    pixels, captions = _rendered_examples(split, n, size, seed, options or ShapesOptions())
-    pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255       # (n, 3, S, S), a new tensor
-    return to_model_range(pixels), captions
+    pixels, captions, _ = _rendered_examples(split, n, size, seed, options or ShapesOptions())
+    return _model_ready(pixels), captions
+
+
+def shapes_scenes(split: str = "train", n: int = 1000, size: int = 32, seed: int = 0,
+                  options: ShapesOptions | None = None):
+    """(images (n, 3, size, size) in [-1, 1], captions, objects): shapes_tensors with each scene's objects, the
+    ground truth that judges and probes score against (a list per scene of dicts: shape, color, size, x, y).
+
+    From the same once-per-process renders as shapes_tensors; the objects are copies a caller may change."""
+    check_split(split)
+    check_resolution(size)
+    check_count(n)
+    pixels, captions, objects = _rendered_examples(split, n, size, seed, options or ShapesOptions())
+    return _model_ready(pixels), captions, [[dict(thing) for thing in scene] for scene in objects]
