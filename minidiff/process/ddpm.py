@@ -93,11 +93,17 @@ class GaussianDiffusion:
         capped = snr.clamp(max=self.min_snr_gamma)
         return {"eps": capped / snr, "x0": capped, "v": capped / (snr + 1)}[self.prediction]
 
-    def loss(self, model: Model, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def loss(self, model: Model, x0: torch.Tensor, generator: torch.Generator | None = None,
+             shard: slice = slice(None)) -> torch.Tensor:
         """L_simple = E_{t, x0, eps} || target - model(x_t, t) ||^2 (DDPM eq. 14), averaged over all elements;
-        with min_snr_gamma, each sample's squared error is weighted by loss_weight(t) first."""
+        with min_snr_gamma, each sample's squared error is weighted by loss_weight(t) first.
+
+        shard: with several processes (torchrun), this process's examples of the batch x0 (B, ...). The timesteps
+        and noise are drawn for the whole batch, as one process would draw them, then sliced: so N processes
+        follow the one-process run."""
         t = self.sample_timesteps(x0.shape[0], generator).to(x0.device)                    # (B,)
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)   # like x0
+        x0, t, eps = x0[shard], t[shard], eps[shard]                     # (b, ...): this process's share
         x_t = self.q_sample(x0, t, eps)
         output = model(x_t, t)
         if self.min_snr_gamma is None:

@@ -97,8 +97,10 @@ class ConditionalDiffusion:
     null_condition: torch.Tensor          # (1, L, D) context, or (1, L) token ids, of the empty prompt ""
     p_uncond: float = 0.1                 # Stable Diffusion 1.5 dropped 10% of captions
 
-    def loss(self, model, batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator | None = None):
+    def loss(self, model, batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator | None = None,
+             shard: slice = slice(None)):
+        """shard: this process's examples of the batch under torchrun (see GaussianDiffusion.loss)."""
         x0, condition = batch
-        condition = drop_condition(condition, self.null_condition, self.p_uncond, generator)
-        context = condition if condition.is_floating_point() else model.encode_tokens(condition)   # (B, L, D)
-        return self.diffusion.loss(lambda x_t, t: model(x_t, t, context), x0, generator)
+        condition = drop_condition(condition, self.null_condition, self.p_uncond, generator)[shard]  # drawn for B
+        context = condition if condition.is_floating_point() else model.encode_tokens(condition)   # (b, L, D)
+        return self.diffusion.loss(lambda x_t, t: model(x_t, t, context), x0, generator, shard)

@@ -24,21 +24,22 @@ class DistributedError(ValueError):
     """Several processes cannot train this run; the message says why and what to do."""
 
 
-def init_from_environment(device: str = "auto") -> bool:
+def init_from_environment() -> bool:
     """Join torchrun's process group if this process was started by torchrun; True if it did (or had already).
 
-    device: the run's TrainConfig.device. The backend is NCCL when the processes train on CUDA GPUs (each on
-    cuda:LOCAL_RANK), else gloo."""
+    Tensors on CUDA GPUs travel by NCCL (each process on its own GPU, cuda:LOCAL_RANK), tensors on the CPU by gloo,
+    so device=cpu works on a GPU machine too."""
     if dist.is_available() and dist.is_initialized():
         return True
     if not all(name in os.environ for name in ENVIRONMENT) or int(os.environ["WORLD_SIZE"]) < 2:
         return False
     if not dist.is_available():
         raise DistributedError("this PyTorch build has no torch.distributed; run `minidiff train` without torchrun")
-    cuda = torch.cuda.is_available() and (device == "auto" or device.startswith("cuda"))
-    if cuda:
+    if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl")
+    else:
+        dist.init_process_group(backend="gloo")
     return True
 
 

@@ -13,10 +13,18 @@ text-conditional diffusion or CLIP's contrastive loss. An objective may also hav
                    autoencoder). Such an objective has adversarial_at(step) (does the discriminator play at
                    this step?), loss(model, batch, generator, adversarial) -> (loss, fake, terms to log),
                    discriminator_loss(real, fake), and discriminator_lr (0: the model's lr).
+
+Under torchrun (minidiff.training.distributed) each of N processes holds the model wrapped in
+DistributedDataParallel and draws the same global batch from the same generator; the objective's
+loss(model, batch, generator, shard=slice) then draws the timesteps and noise for the whole batch, as one process
+would, and computes the loss on this process's B/N examples; DDP averages the gradients, so the run follows the
+one-process run for the same batch_size within float rounding. Only rank 0 writes the log, checkpoints and grids.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import inspect
 import json
 import math
 import statistics
@@ -30,6 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from minidiff.io import atomic_write_text, load_state_strict, remove_stale_temporaries
+from minidiff.training import distributed
 from minidiff.training.checkpoint import (CHECKPOINT, load_checkpoint, load_optimizer_tensors, optimizer_tensors,
                                           prefixed, save_checkpoint, unprefixed)
 
@@ -82,11 +91,31 @@ class TrainingError(ValueError):
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device for TrainConfig.device; under torchrun, 'auto' and 'cuda' mean this process's own GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise TrainingError(f"device={name} was asked for but no CUDA GPU is available; use device=cpu")
+    if name == "cuda" and distributed.world_size() > 1:
+        return torch.device("cuda", distributed.local_rank())
     return torch.device(name)
+
+
+def data_parallel(model: torch.nn.Module, objective, config: TrainConfig, device: torch.device):
+    """(the network the objective calls, the keyword arguments of its loss): the model itself and {} in one
+    process; under torchrun, the model in DistributedDataParallel and {"shard": this process's examples}."""
+    if distributed.world_size() == 1:
+        return model, {}
+    name = type(objective).__name__
+    if getattr(objective, "discriminator", None) is not None:
+        raise distributed.DistributedError(f"{name} trains a discriminator beside the model, which the "
+                                           f"multi-process loop does not; train this run with one process")
+    if "shard" not in inspect.signature(objective.loss).parameters:
+        raise distributed.DistributedError(f"{name}'s loss needs every example of the batch (it cannot take "
+                                           f"shard=); train this run with one process")
+    shard = distributed.shard(config.batch_size)
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids), {"shard": shard}
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -154,8 +183,11 @@ def end_step(step: int, record: dict, config: TrainConfig, log, bar, t0: float, 
              on_sample: Callable | None, ema: torch.nn.Module) -> bool:
     """The bookkeeping that closes every step: a log line every log_every steps, a checkpoint every
     checkpoint_every steps and at the end, a sample grid every sample_every steps except at the end (every recipe
-    draws its final grid, samples.png, right after training). True if it saved a checkpoint."""
-    if step % config.log_every == 0:
+    draws its final grid, samples.png, right after training). True if it saved a checkpoint.
+
+    Under torchrun only rank 0 writes: the other processes pass log=None and on_sample=None and their checkpoint()
+    writes nothing."""
+    if step % config.log_every == 0 and log is not None:
         log.write(json.dumps({"step": step, **record, "lr": learning_rate(config, step),
                               "time_s": round(time.perf_counter() - t0, 3)}) + "\n")
         log.flush()
@@ -197,19 +229,21 @@ def train(model: torch.nn.Module, objective, data: torch.Tensor | tuple[torch.Te
           run_dir: str | Path, run_config: dict, resume: bool = False,
           on_sample: Callable[[torch.nn.Module, int], None] | None = None, progress: bool = True):
     """Train `model` on `data` (N, ...) with `objective` (see the module's docstring); checkpoints and logs go to
-    run_dir.
+    run_dir (rank 0's job under torchrun; every process trains and returns the same model).
 
     `data` is one tensor, or a tuple of tensors with the same first dimension N (images and their captions' tokens)
     whose rows are drawn together. run_config: the whole run's config, stored in every checkpoint.
     on_sample(ema_model, step) is called every `sample_every` steps but the last. Returns (model, ema_model, logs)
     where logs are this call's records, one dict per step: {"step", "loss", and the objective's other terms}.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(run_dir)                  # left by a run killed while it saved
+    run_dir, main = Path(run_dir), distributed.is_main()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir)              # left by a run killed while it saved
     device = resolve_device(config.device)
     model = model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
+    network, sharded = data_parallel(model, objective, config, device)
     betas = getattr(objective, "betas", (0.9, 0.999))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=betas, weight_decay=config.weight_decay,
                                   fused=config.fused)
@@ -234,9 +268,11 @@ def train(model: torch.nn.Module, objective, data: torch.Tensor | tuple[torch.Te
             if opt is not None:
                 load_optimizer_tensors(opt, unprefixed(tensors, name))
         start = meta["step"]
-    earlier = prepare_log(log_path, start if resume else None)
+    earlier = prepare_log(log_path, start if resume else None) if main else []
 
     def checkpoint(step: int) -> None:
+        if not main:
+            return
         tensors = {**prefixed(model.state_dict(), "model"), **prefixed(ema.state_dict(), "ema")}
         for name, opt in optimizers.items():
             if opt is not None:
@@ -249,15 +285,15 @@ def train(model: torch.nn.Module, objective, data: torch.Tensor | tuple[torch.Te
     num_examples = (data[0] if isinstance(data, tuple) else data).shape[0]
     losses = [(r["step"], r["loss"]) for r in earlier if isinstance(r.get("loss"), (int, float))]
     logs, last_saved = [], start if resume else None
-    bar = progress_bar(start, config, progress, "train")
+    bar = progress_bar(start, config, progress and main, "train")
     t0 = time.perf_counter()
     model.train()
-    with open(log_path, "a") as log:
+    with open(log_path, "a") if main else contextlib.nullcontext() as log:
         for step in bar:
             generator = torch.Generator().manual_seed(step_seed(config.seed, step))
             torch.manual_seed(step_seed(config.seed, step))             # dropout draws from the global RNG
             index = torch.randint(0, num_examples, (config.batch_size,), generator=generator).to(device)
-            batch = tuple(d[index] for d in data) if isinstance(data, tuple) else data[index]   # (B, ...)
+            batch = tuple(d[index] for d in data) if isinstance(data, tuple) else data[index]   # (B, ...) global
             lr = learning_rate(config, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -266,11 +302,11 @@ def train(model: torch.nn.Module, objective, data: torch.Tensor | tuple[torch.Te
             adversarial = discriminator is not None and objective.adversarial_at(step)
             with autocast:
                 if discriminator is None:
-                    loss, terms = objective.loss(model, batch, generator), {}
+                    loss, terms = objective.loss(network, batch, generator, **sharded), {}
                 else:
                     discriminator.eval().requires_grad_(False)       # a fixed judge while the model learns
                     loss, fake, terms = objective.loss(model, batch, generator, adversarial)
-            value = loss.item()
+            value = distributed.all_reduce_mean(loss.detach()).item()    # every process stops together
             if not math.isfinite(value):
                 raise TrainingError(non_finite_message(value, step, last_saved, losses, config, run_dir, run_config))
             optimizer.zero_grad(set_to_none=True)
@@ -295,7 +331,7 @@ def train(model: torch.nn.Module, objective, data: torch.Tensor | tuple[torch.Te
             record = {"loss": value, **terms}
             losses.append((step, value))
             logs.append({"step": step, **record})
-            if end_step(step, record, config, log, bar, t0, checkpoint, on_sample, ema):
+            if end_step(step, record, config, log, bar, t0, checkpoint, on_sample if main else None, ema):
                 last_saved = step + 1
     model.eval()
     ema.eval()
