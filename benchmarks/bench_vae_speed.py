@@ -1,11 +1,11 @@
 """Forward + backward time of minidiff's Autoencoder against diffusers' AutoencoderKL holding the same weights.
 
-The autoencoder counterpart of bench_unet_speed.py. For each configuration the script builds a diffusers
-AutoencoderKL that mirrors a minidiff preset exactly, copies its weights into minidiff's Autoencoder the way
-minidiff.load_pretrained does for AutoencoderKL folders (minidiff.weights.rename_keys with UNET_KEY_MAP, then
-load_state_dict_strict), checks that the two give the same reconstruction, and then times one training step
-of each, alternating between the two (A B, B A, A B, ...) in one process so that both see the same machine
-load. It prints a markdown table of medians and the ratio minidiff / diffusers (below 1: minidiff is faster).
+The autoencoder counterpart of bench_unet_speed.py. For each configuration the script builds minidiff's
+Autoencoder from a preset, converts it with the inverse converter (minidiff.models.autoencoder_diffusers.to_diffusers)
+into a diffusers AutoencoderKL with the same weights, checks that the two give the same reconstruction, and then
+times one training step of each, alternating between the two in one process (benchmarks/timing.py) so that both
+see the same machine load. It prints a markdown table of medians and the ratio minidiff / diffusers (below 1:
+minidiff is faster).
 
 One training step: encode, take the posterior MEAN as z (no sampling: identical in both and deterministic),
 decode, loss = mean-square reconstruction error + 1e-6 * KL(q(z|x) || N(0, I)) (summed per example, averaged
@@ -24,20 +24,14 @@ Numbers go to benchmarks/RESULTS.md. Needs the `parity` extra (diffusers) and mi
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
-import time
-from datetime import datetime, timezone
 
-import diffusers
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
+from timing import add_arguments, append_json, environment, interleaved, set_threads
 
 from minidiff.models.autoencoder import Autoencoder, AutoencoderConfig
-from minidiff.weights import UNET_KEY_MAP, autoencoder_config_from_diffusers, load_state_dict_strict, rename_keys
+from minidiff.models.autoencoder_diffusers import to_diffusers
 
 # name -> (minidiff preset, image size, batch size)
 CONFIGS = {
@@ -45,35 +39,28 @@ CONFIGS = {
     "sd-vae": (AutoencoderConfig.sd_vae(), 128, 1),
 }
 KL_WEIGHT = 1e-6
-
-
-def diffusers_kwargs(config: AutoencoderConfig) -> dict:
-    """AutoencoderKL arguments for the network an AutoencoderConfig describes (the inverse of
-    autoencoder_config_from_diffusers). diffusers fixes the GroupNorm eps at 1e-6, minidiff's default."""
-    n = len(config.block_channels)
-    return dict(
-        in_channels=config.in_channels, out_channels=config.out_channels,
-        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-        block_out_channels=config.block_channels, layers_per_block=config.layers_per_block, act_fn="silu",
-        latent_channels=config.latent_channels, norm_num_groups=config.norm_groups, sample_size=config.sample_size,
-        scaling_factor=config.scaling_factor, shift_factor=config.shift_factor or None,
-        use_quant_conv=config.use_quant_conv, use_post_quant_conv=config.use_post_quant_conv,
-        mid_block_add_attention=True,
-    )
+TOLERANCE = 1e-4
 
 
 def build_pair(config: AutoencoderConfig) -> tuple[Autoencoder, AutoencoderKL]:
     """(minidiff Autoencoder, diffusers AutoencoderKL) with identical weights."""
-    if config.norm_eps != 1e-6:
-        raise ValueError(f"diffusers' AutoencoderKL has GroupNorm eps 1e-6; the preset has {config.norm_eps}")
     torch.manual_seed(0)
-    theirs = AutoencoderKL(**diffusers_kwargs(config))
-    mirrored = autoencoder_config_from_diffusers(dict(theirs.config))
-    if mirrored != config:
-        raise ValueError(f"the diffusers mirror does not match the preset:\n  {mirrored}\n  {config}")
     ours = Autoencoder(config)
-    load_state_dict_strict(ours, rename_keys(theirs.state_dict(), UNET_KEY_MAP), "the diffusers model")
+    state_dict, reference_config = to_diffusers(ours.state_dict(), config)
+    theirs = AutoencoderKL.from_config(reference_config)
+    theirs.load_state_dict(state_dict)     # strict: every key and shape
     return ours, theirs
+
+
+def loss(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """encode, posterior mean as z, decode; MSE + KL_WEIGHT * KL, averaged over the batch."""
+    if isinstance(model, AutoencoderKL):
+        posterior = model.encode(x).latent_dist
+        x_hat = model.decode(posterior.mean).sample
+    else:
+        posterior = model.encode(x)
+        x_hat = model.decode(posterior.mean)
+    return F.mse_loss(x_hat, x) + KL_WEIGHT * posterior.kl().mean()
 
 
 def max_reconstruction_difference(ours: Autoencoder, theirs: AutoencoderKL, x: torch.Tensor) -> float:
@@ -85,85 +72,40 @@ def max_reconstruction_difference(ours: Autoencoder, theirs: AutoencoderKL, x: t
         return (mine - reference).abs().max().item()
 
 
-def training_step(model: torch.nn.Module, x: torch.Tensor, diffusers: bool) -> float:
-    """Seconds for encode + decode (posterior mean) + loss + backward."""
-    model.zero_grad(set_to_none=True)
-    start = time.perf_counter()
-    if diffusers:
-        posterior = model.encode(x).latent_dist
-        x_hat = model.decode(posterior.mean).sample
-    else:
-        posterior = model.encode(x)
-        x_hat = model.decode(posterior.mean)
-    loss = F.mse_loss(x_hat, x) + KL_WEIGHT * posterior.kl().mean()
-    loss.backward()
-    return time.perf_counter() - start
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def bench(name: str, repeats: int, warmup: int, threads: int, batch: int | None, size: int | None) -> dict:
     config, default_size, default_batch = CONFIGS[name]
     batch, size = batch or default_batch, size or default_size
     if size % config.factor:
         raise ValueError(f"{name}: image size {size} is not a multiple of the autoencoder's factor {config.factor}")
     ours, theirs = build_pair(config)
+    models = {"minidiff": ours, "diffusers": theirs}
     g = torch.Generator().manual_seed(1)
     x = torch.rand(batch, config.in_channels, size, size, generator=g) * 2 - 1    # (B, C, H, W) in [-1, 1]
 
     difference = max_reconstruction_difference(ours, theirs, x)
-    tolerance = 1e-4
-    if difference > tolerance:
-        raise RuntimeError(f"{name}: reconstructions differ by {difference:.2e} (> {tolerance}); "
+    if difference > TOLERANCE:
+        raise RuntimeError(f"{name}: reconstructions differ by {difference:.2e} (> {TOLERANCE}); "
                            f"not timing different networks")
 
-    ours.train()        # timed as in training (neither network has dropout or batch statistics)
-    theirs.train()
-    times = {"minidiff": [], "diffusers": []}
-    for i in range(warmup + repeats):
-        order = ("minidiff", "diffusers") if i % 2 == 0 else ("diffusers", "minidiff")
-        for which in order:
-            seconds = training_step(ours if which == "minidiff" else theirs, x, diffusers=which == "diffusers")
-            if i >= warmup:
-                times[which].append(seconds)
-
-    minidiff_ms = 1000 * statistics.median(times["minidiff"])
-    diffusers_ms = 1000 * statistics.median(times["diffusers"])
-    return dict(
-        config=name, batch=batch, size=f"{size}x{size}", threads=threads, repeats=repeats, warmup=warmup,
-        parameters=sum(p.numel() for p in ours.parameters()), max_abs_diff=difference,
-        minidiff_ms=round(minidiff_ms, 2), diffusers_ms=round(diffusers_ms, 2),
-        ratio=round(minidiff_ms / diffusers_ms, 3),
-        minidiff_ms_all=[round(1000 * s, 2) for s in times["minidiff"]],
-        diffusers_ms_all=[round(1000 * s, 2) for s in times["diffusers"]],
-        torch=torch.__version__, diffusers=diffusers.__version__, machine=platform.machine(), cpu=cpu_name(),
-        cpu_count=os.cpu_count(), when=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
+    for model in models.values():
+        model.train()   # timed as in training (neither network has dropout or batch statistics)
+    steps = {which: (lambda which=which: loss(models[which], x).backward()) for which in models}
+    timing = interleaved(steps, repeats, warmup, before=lambda which: models[which].zero_grad(set_to_none=True))
+    return dict(config=name, batch=batch, size=f"{size}x{size}", threads=threads, repeats=repeats, warmup=warmup,
+                parameters=sum(p.numel() for p in ours.parameters()), max_abs_diff=difference,
+                **timing.record("minidiff", "diffusers"), **environment())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", choices=[*CONFIGS, "all"], action="append", default=None,
                         help="repeat to run several (default: all)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: all CPU cores)")
-    parser.add_argument("--repeats", type=int, default=10, help="timed steps per model")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model first")
+    add_arguments(parser)
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: toy 32, sd-vae 1)")
     parser.add_argument("--size", type=int, default=None, help="image height = width (default: toy 32, sd-vae 128)")
-    parser.add_argument("--json", default=None, help="append one JSON line per configuration to this file")
     args = parser.parse_args()
 
-    threads = args.threads or os.cpu_count()
-    torch.set_num_threads(threads)
+    threads = set_threads(args.threads)
     chosen = args.config or ["all"]
     names = list(CONFIGS) if "all" in chosen else list(dict.fromkeys(chosen))
 
@@ -173,9 +115,7 @@ def main() -> None:
         result = bench(name, args.repeats, args.warmup, threads, args.batch, args.size)
         print(f"| {name} | {result['batch']} | {result['size']} | {threads} | {result['minidiff_ms']:.1f} "
               f"| {result['diffusers_ms']:.1f} | {result['ratio']:.3f} |", flush=True)
-        if args.json:
-            with open(args.json, "a") as f:
-                f.write(json.dumps(result) + "\n")
+        append_json(args.json, result)
 
 
 if __name__ == "__main__":

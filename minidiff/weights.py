@@ -158,7 +158,8 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32) -> tor
     try:
         state_dict = converter.keys_from(load_file(str(weight_file)))
     except Exception as e:  # safetensors raises its own error types for files damaged past the header
-        raise PretrainedError(f"{weight_file} is corrupt ({type(e).__name__}: {e}); re-download or re-save it") from None
+        raise PretrainedError(f"{weight_file} is corrupt ({type(e).__name__}: {e}); re-download or re-save "
+                              f"it") from None
     model = converter.network(model_config)
     load_state_dict_strict(model, state_dict, str(weight_file))
     return model.to(dtype).eval()

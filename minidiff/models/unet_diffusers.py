@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from minidiff.models.convert import (MAX_REPEATS, MAX_WIDTH, Converter, PretrainedError, flag, integer, integer_or_list, integers,
-                                     number, rename_keys, require, text, texts)
+from minidiff.models.convert import (MAX_REPEATS, MAX_WIDTH, Converter, PretrainedError, flag, integer,
+                                     integer_or_list, integers, number, rename_keys, require, text, texts)
 from minidiff.models.unet import UNet, UNetConfig
 
 # diffusers name -> minidiff name (for the U-Net; the autoencoder has its own map in autoencoder_diffusers.py).

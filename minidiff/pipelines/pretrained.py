@@ -137,7 +137,9 @@ def read_scheduler(folder: Path) -> tuple[GaussianDiffusion, dict]:
 def _context_length(tokenizer_folder: Path, positions: int) -> int:
     """The tokenizer's model_max_length (77 for SD), which must fit the text encoder's positions."""
     config_file = tokenizer_folder / "tokenizer_config.json"
-    length = _read_json(config_file, "the tokenizer's config").get("model_max_length") if config_file.is_file() else None
+    if not config_file.is_file():
+        return positions
+    length = _read_json(config_file, "the tokenizer's config").get("model_max_length")
     if length is None:
         return positions
     if isinstance(length, bool) or not isinstance(length, int) or not 2 <= length <= positions:
