@@ -315,6 +315,19 @@ def test_a_file_is_not_a_dataset_folder(tmp_path):
     assert (tmp_path / "shapes").read_text() == "mine"
 
 
+def test_the_working_folder_is_never_replaced(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for out in (".", tmp_path):
+        with pytest.raises(ValueError, match="is the folder you are working in .* e.g. --out shapes"):
+            build_shapes(out, size=32, n=100)
+    assert list(tmp_path.iterdir()) == []
+    assert len(build_shapes("shapes", size=32, n=100)["train"]) == 100      # a relative folder inside it is fine
+    monkeypatch.chdir(tmp_path / "shapes" / "train")                        # working inside a build
+    assert len(build_shapes("..", size=32, n=100)["train"]) == 100          # reusing it is fine,
+    with pytest.raises(ValueError, match="is the folder you are working in \\(or holds it\\)"):
+        build_shapes("..", size=32, n=120)                                  # replacing it is not
+
+
 def test_shapes_tensors_are_model_ready():
     images, captions = shapes_tensors("train", 16, 32)
     assert images.shape == (16, 3, 32, 32) and images.dtype == torch.float32

@@ -250,9 +250,13 @@ def build_shapes(out: str | Path, size: int = 32, n: int = 20000, seed: int = 0,
             listed = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
             raise ValueError(f"{out} holds {listed} beside an earlier Shapes build, and a new build replaces the "
                              f"folder: move {'it' if len(others) == 1 else 'them'} elsewhere, or choose another --out")
+    folder = out.resolve()
+    if folder == Path.cwd() or folder in Path.cwd().parents:
+        raise ValueError(f"{out} is the folder you are working in (or holds it), which a build replaces; choose a "
+                         f"folder inside it, e.g. --out shapes")
     data = DatasetDict({split: shapes_split(split, count, size, seed, options)
                         for split, count in split_sizes(n).items()})
-    staging = out.with_name(f".{out.name}.{os.getpid()}.building")      # hidden, beside out; ours by its name
+    staging = folder.with_name(f".{folder.name}.{os.getpid()}.building")    # hidden, beside out; ours by its name
     replaced = staging.with_suffix(".replaced")
     for leftover in (staging, replaced):                 # from a killed run of a process with the same id
         shutil.rmtree(leftover, ignore_errors=True)
@@ -260,12 +264,12 @@ def build_shapes(out: str | Path, size: int = 32, n: int = 20000, seed: int = 0,
     try:
         data.save_to_disk(str(staging))
         atomic_write_json(staging / MANIFEST, meta)       # last: a folder with a manifest holds a whole build
-        if out.exists():
-            out.rename(replaced)
-        staging.rename(out)
+        if folder.exists():
+            folder.rename(replaced)
+        staging.rename(folder)
     except BaseException:
-        if replaced.exists() and not out.exists():
-            replaced.rename(out)                          # put the earlier build back
+        if replaced.exists() and not folder.exists():
+            replaced.rename(folder)                       # put the earlier build back
         shutil.rmtree(staging, ignore_errors=True)
         raise
     shutil.rmtree(replaced, ignore_errors=True)           # the earlier build: only files a build wrote (checked)
