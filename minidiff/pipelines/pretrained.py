@@ -186,7 +186,7 @@ def _check_index(path: Path, index: dict) -> PipelineSpec:
     file = path / "model_index.json"
     class_name = index.get("_class_name")
     if not isinstance(class_name, str) or class_name not in PIPELINES:
-        raise PretrainedError(f"{path} holds a {class_name!r}, which minidiff cannot load yet "
+        raise PretrainedError(f"{file} names a {class_name!r} pipeline, which minidiff cannot load yet "
                               f"(supported: {', '.join(PIPELINES)})")
     spec = PIPELINES[class_name]
     parts = {k: v for k, v in index.items() if not k.startswith("_") and isinstance(v, list)}
