@@ -105,17 +105,13 @@ _COLOR_NAMES = list(COLORS)
 BLURS = (0.0, 0.35, 0.7, 1.4, 2.8, 5.6)    # template blurs tried, in pixels: generators leave soft edges
 
 
-def _template(shape: str, cx: float, cy: float, area: float, rows: np.ndarray, cols: np.ndarray,
-              blur: float) -> tuple[np.ndarray, float, float]:
-    """Coverage of `shape` with the given pixel area and centroid, sampled at pixel centers (rows, cols),
-    blurred by a Gaussian of `blur` pixels. Returns (template, R, box center y), R and y in pixels."""
-    from scipy import ndimage
-
+def _template(shape: str, cx: float, cy: float, area: float, rows: np.ndarray,
+              cols: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Coverage of `shape` with the given pixel area and centroid, sampled at pixel centers (rows, cols).
+    Returns (template, R, box center y), R and y in pixels."""
     R = math.sqrt(area / UNIT_AREA[shape])
     box_y = cy - CENTROID_OFFSET[shape] * R
     template = np.clip(0.5 - signed_distance(shape, cols[None, :] - cx, rows[:, None] - box_y, R), 0, 1)
-    if blur:
-        template = ndimage.gaussian_filter(template, blur, mode="constant")
     return template, R, box_y
 
 
@@ -135,8 +131,10 @@ def detect(image: np.ndarray) -> list[Detection]:
     d = p - background                                                  # (H, W, 3)
     direction = _PALETTE - background                                   # (K, 3)
     alpha = np.clip(np.einsum("hwc,kc->hwk", d, direction) / (direction ** 2).sum(-1), 0, 1)   # (H, W, K)
-    residual = np.linalg.norm(d[:, :, None, :] - alpha[..., None] * direction, axis=-1)        # (H, W, K)
-    residual = np.where(alpha >= MIN_ALPHA, residual, np.inf)
+    # |d - alpha_k direction_k|, summed channel by channel: the same numbers, in the same order, as
+    # np.linalg.norm over a trailing axis of 3, in half the time (no (H, W, K, 3) temporaries)
+    squared = sum((d[:, :, None, c] - alpha * direction[:, c]) ** 2 for c in range(3))          # (H, W, K)
+    residual = np.where(alpha >= MIN_ALPHA, np.sqrt(squared), np.inf)
     label = np.where(np.isfinite(residual.min(-1)), residual.argmin(-1), -1)                  # (H, W)
 
     min_area = MIN_AREA_FRACTION * min(UNIT_AREA.values()) * (min(SIZES.values()) * size) ** 2
@@ -166,8 +164,9 @@ def detect(image: np.ndarray) -> list[Detection]:
         cy, cx = (mask.sum(1) * rows).sum() / area, (mask.sum(0) * cols).sum() / area
         fits = []
         for shape in SHAPES:
+            sharp, R, box_y = _template(shape, cx, cy, area, rows, cols)
             for blur in (b for b in BLURS if b <= 0.04 * size):   # blurs beyond 4% of the side erase shapes
-                template, R, box_y = _template(shape, cx, cy, area, rows, cols, blur)
+                template = ndimage.gaussian_filter(sharp, blur, mode="constant") if blur else sharp
                 fits.append((np.abs(template - mask).sum() / area, shape, R, box_y))
         misfit, shape, R, box_y = min(fits, key=lambda f: f[0])
         if misfit <= MAX_MISFIT:
