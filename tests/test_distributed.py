@@ -31,7 +31,7 @@ def setup():
     return model, diffusion, data
 
 
-def run(folder, steps, resume=False):
+def run(folder, steps, resume=False, shard=False):
     """Train, and note what this process did: its losses, its sample calls, the checkpoints it saved."""
     from minidiff.training import loop
 
@@ -41,11 +41,14 @@ def run(folder, steps, resume=False):
     try:
         model, diffusion, data = setup()
         model.register_forward_hook(lambda module, inputs, output: seen.add(inputs[0].shape[0]))
-        _, _, logs = train(model, diffusion, data, TrainConfig(**{**CONFIG, "steps": steps}), folder, {"test": 1},
-                           resume=resume, on_sample=lambda ema, step: samples.append(step), progress=False)
+        config = TrainConfig(**{**CONFIG, "steps": steps, "shard": shard})
+        _, _, logs = train(model, diffusion, data, config, folder, {"test": 1}, resume=resume,
+                           on_sample=lambda ema, step: samples.append(step), progress=False)
+        kinds = {type(p).__name__ for p in model.parameters()}    # FSDP turns the weights into shards (DTensor)
     finally:
         loop.save_checkpoint = save
-    return {"losses": [r["loss"] for r in logs], "saves": saves, "samples": samples, "examples": sorted(seen)}
+    return {"losses": [r["loss"] for r in logs], "saves": saves, "samples": samples, "examples": sorted(seen),
+            "weights": sorted(kinds)}
 
 
 def worker(rank: int, port: int, root: str) -> None:
@@ -54,7 +57,9 @@ def worker(rank: int, port: int, root: str) -> None:
     assert distributed.init_from_environment()
     try:
         report = {"straight": run(f"{root}/straight", 4), "first": run(f"{root}/split", 2),
-                  "resumed": run(f"{root}/split", 4, resume=True), "world": distributed.world_size()}
+                  "resumed": run(f"{root}/split", 4, resume=True), "world": distributed.world_size(),
+                  "sharded": run(f"{root}/sharded", 2, shard=True),
+                  "sharded_resumed": run(f"{root}/sharded", 4, resume=True, shard=True)}
         with open(f"{root}/rank{rank}.json", "w") as f:
             json.dump(report, f)
     finally:
@@ -134,7 +139,23 @@ def test_objectives_that_need_the_whole_batch_are_refused(monkeypatch):
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     config = TrainConfig(batch_size=8)
     with pytest.raises(distributed.DistributedError, match="WholeBatch's loss needs every example of the batch"):
-        data_parallel(torch.nn.Linear(2, 2), WholeBatch(), config, torch.device("cpu"))
+        data_parallel(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), WholeBatch(), config, torch.device("cpu"))
     with pytest.raises(distributed.DistributedError, match="batch_size=9 does not split evenly across 2 processes"):
-        data_parallel(torch.nn.Linear(2, 2), GaussianDiffusion(NoiseSchedule.make("linear", 4)),
+        data_parallel(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), GaussianDiffusion(NoiseSchedule.make("linear", 4)),
                       TrainConfig(batch_size=9), torch.device("cpu"))
+
+
+def test_sharded_training_follows_the_one_process_run(two_processes):
+    """TrainConfig.shard: FSDP (fully_shard) over gloo; the checkpoint holds full tensors in the usual layout."""
+    root, ranks = two_processes
+    for report in ranks:
+        losses = report["sharded"]["losses"] + report["sharded_resumed"]["losses"]
+        assert losses == pytest.approx(report["straight"]["losses"], abs=1e-5)
+    assert ranks[0]["sharded"]["weights"] == ["DTensor"] and ranks[0]["straight"]["weights"] == ["Parameter"]
+    assert ranks[0]["sharded"]["samples"] == [1] and ranks[1]["sharded"]["samples"] == []
+    assert ranks[1]["sharded"]["saves"] == ranks[1]["sharded_resumed"]["saves"] == []
+    a, _ = load_checkpoint(root / "straight" / "checkpoint.safetensors")
+    b, meta = load_checkpoint(root / "sharded" / "checkpoint.safetensors")
+    assert meta["step"] == 4 and a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key

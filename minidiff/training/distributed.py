@@ -98,3 +98,53 @@ def close() -> None:
     """Leave the process group (at the end of a torchrun run)."""
     if is_initialized():
         dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------- sharded training (TrainConfig.shard)
+# FSDP (torch.distributed.fsdp.fully_shard): each process keeps 1/N of every weight, gradient and AdamW moment, and
+# gathers a layer's full weights only while it computes. Checkpoints hold the full tensors in the usual layout, so a
+# sharded run's checkpoint loads anywhere (and a run may be resumed with or without shard).
+
+def shard_model(module: torch.nn.Module) -> None:
+    """Split the module's weights across the processes, in place (the whole module is one FSDP unit)."""
+    from torch.distributed.fsdp import fully_shard
+
+    fully_shard(module)
+
+
+def _options(**kwargs):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kwargs)
+
+
+def gathered_state(module: torch.nn.Module, everywhere: bool = False) -> dict[str, torch.Tensor]:
+    """The full state dict of a sharded module: on rank 0 only, on the CPU ({} elsewhere), or in every process on
+    its device. Every process must call it (the shards travel)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(module, options=_options(cpu_offload=not everywhere))
+
+
+def gathered_optimizer_state(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, dict]:
+    """{parameter name: its AdamW state} with full tensors, on rank 0 only ({} elsewhere). Every process calls it."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(module, optimizer, options=_options(cpu_offload=True)).get("state", {})
+
+
+def scatter_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a full state dict (the same in every process) into a sharded module: each process keeps its shard."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    set_model_state_dict(module, state, options=_options())
+
+
+def scatter_optimizer_state(module: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, dict]) -> None:
+    """Load {parameter name: full AdamW state} (the same in every process) into the sharded module's optimizer."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    names = [name for name, _ in module.named_parameters()]
+    groups = [{**{k: v for k, v in group.items() if k != "params"}, "params": names}
+              for group in optimizer.param_groups]       # the loop has one group: all the parameters
+    set_optimizer_state_dict(module, optimizer, {"state": state, "param_groups": groups}, options=_options())

@@ -45,6 +45,7 @@ from minidiff.training.checkpoint import (CHECKPOINT, load_checkpoint, load_opti
 LR_SCHEDULES = ("constant", "cosine")
 DEVICES = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
 EXPLODING = 100.0      # a loss this many times the run's median is exploding: a checkpoint after it is not "good"
+RESUME_FIX = "resume with the recipe and overrides the run was started with"
 
 
 @dataclass
@@ -64,6 +65,7 @@ class TrainConfig:
     checkpoint_every: int = 500    # steps between checkpoints (and always at the end)
     bf16: bool = True              # bf16 autocast on a GPU (ignored on the CPU, which trains in float32)
     device: str = "auto"           # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
+    shard: bool = False            # under torchrun: FSDP, each process keeps 1/N of the weights and AdamW moments
 
     def validate(self) -> None:
         """One-line errors for values the loop cannot train with, each naming the allowed range."""
@@ -101,9 +103,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def data_parallel(model: torch.nn.Module, objective, config: TrainConfig, device: torch.device):
+def data_parallel(model: torch.nn.Module, ema: torch.nn.Module, objective, config: TrainConfig,
+                  device: torch.device):
     """(the network the objective calls, the keyword arguments of its loss): the model itself and {} in one
-    process; under torchrun, the model in DistributedDataParallel and {"shard": this process's examples}."""
+    process; under torchrun, the model in DistributedDataParallel, or with config.shard the model and its EMA
+    sharded in place (FSDP), and {"shard": this process's examples}."""
     if distributed.world_size() == 1:
         return model, {}
     name = type(objective).__name__
@@ -114,8 +118,57 @@ def data_parallel(model: torch.nn.Module, objective, config: TrainConfig, device
         raise distributed.DistributedError(f"{name}'s loss needs every example of the batch (it cannot take "
                                            f"shard=); train this run with one process")
     shard = distributed.shard(config.batch_size)
+    if config.shard:
+        distributed.shard_model(model)
+        distributed.shard_model(ema)       # the same layout: the EMA update stays one elementwise kernel per shard
+        return model, {"shard": shard}
     ids = [device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids), {"shard": shard}
+
+
+# Reading and writing a module's full weights: directly, or for a sharded (FSDP) module by gathering its shards
+# (every process must call these then) and by giving each process its shard of a full state.
+
+def full_state(module: torch.nn.Module, sharded: bool) -> dict[str, torch.Tensor]:
+    """The module's state dict with full tensors (for a sharded module: on rank 0 only, {} elsewhere)."""
+    return distributed.gathered_state(module) if sharded else module.state_dict()
+
+
+def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
+                 template: torch.nn.Module | None = None) -> None:
+    """Load a full state strictly (minidiff.io.load_state_strict); a sharded module is checked against its
+    unsharded template (on the meta device: keys, shapes and values only), then keeps its shard."""
+    load_state_strict(module if template is None else template, state, source, RESUME_FIX)
+    if template is not None:
+        distributed.scatter_state(module, state)
+
+
+def unsharded(module: torch.nn.Module, template: torch.nn.Module) -> torch.nn.Module:
+    """A plain copy of a sharded module, with its full weights, in every process."""
+    plain = copy.deepcopy(template)
+    plain.load_state_dict(distributed.gathered_state(module, everywhere=True), assign=True)
+    return plain
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer, model: torch.nn.Module, sharded: bool) -> dict:
+    """The optimizer's state as named tensors `{parameter index}.{name}` (gathered on rank 0 when sharded)."""
+    if not sharded:
+        return optimizer_tensors(optimizer)
+    index = {name: i for i, (name, _) in enumerate(model.named_parameters())}
+    state = distributed.gathered_optimizer_state(model, optimizer)
+    return {f"{index[name]}.{key}": value for name, values in state.items() for key, value in values.items()}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, model: torch.nn.Module, tensors: dict,
+                         sharded: bool) -> None:
+    if not sharded:
+        load_optimizer_tensors(optimizer, tensors)
+        return
+    names, state = [name for name, _ in model.named_parameters()], {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(names[int(index)], {})[name] = value
+    distributed.scatter_optimizer_state(model, optimizer, state)
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -243,7 +296,9 @@ def train(model: torch.nn.Module, objective, data: torch.Tensor | tuple[torch.Te
     device = resolve_device(config.device)
     model = model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
-    network, sharded = data_parallel(model, objective, config, device)
+    fsdp = config.shard and distributed.world_size() > 1
+    template = copy.deepcopy(ema).to("meta") if fsdp else None       # the unsharded layout, without memory
+    network, sharded = data_parallel(model, ema, objective, config, device)
     betas = getattr(objective, "betas", (0.9, 0.999))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=betas, weight_decay=config.weight_decay,
                                   fused=config.fused)
@@ -255,31 +310,39 @@ def train(model: torch.nn.Module, objective, data: torch.Tensor | tuple[torch.Te
     if discriminator is not None:                     # AdamW's default weight decay (0.01), as it has always been
         d_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=objective.discriminator_lr or config.lr,
                                         betas=betas)
-    optimizers = {"optimizer": optimizer, "d_optimizer": d_optimizer}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and config.bf16)
 
     start, checkpoint_path, log_path = 0, run_dir / CHECKPOINT, run_dir / "log.jsonl"
     if resume:
         tensors, meta = load_checkpoint(checkpoint_path)
-        for name, module in {"model": model, "ema": ema, **networks}.items():
-            load_state_strict(module, unprefixed(tensors, name), f"{checkpoint_path} ({name}.*)",
-                              "resume with the recipe and overrides the run was started with")
-        for name, opt in optimizers.items():
-            if opt is not None:
-                load_optimizer_tensors(opt, unprefixed(tensors, name))
+        for name, module in {"model": model, "ema": ema}.items():
+            load_weights(module, unprefixed(tensors, name), f"{checkpoint_path} ({name}.*)", template)
+        for name, module in networks.items():
+            load_weights(module, unprefixed(tensors, name), f"{checkpoint_path} ({name}.*)")
+        load_optimizer_state(optimizer, model, unprefixed(tensors, "optimizer"), fsdp)
+        if d_optimizer is not None:
+            load_optimizer_tensors(d_optimizer, unprefixed(tensors, "d_optimizer"))
         start = meta["step"]
     earlier = prepare_log(log_path, start if resume else None) if main else []
 
     def checkpoint(step: int) -> None:
-        if not main:
+        if not (main or fsdp):                         # under FSDP every process sends its shards to rank 0
             return
-        tensors = {**prefixed(model.state_dict(), "model"), **prefixed(ema.state_dict(), "ema")}
-        for name, opt in optimizers.items():
-            if opt is not None:
-                tensors.update(prefixed(optimizer_tensors(opt), name))
+        tensors = {**prefixed(full_state(model, fsdp), "model"), **prefixed(full_state(ema, fsdp), "ema"),
+                   **prefixed(optimizer_state(optimizer, model, fsdp), "optimizer")}
+        if d_optimizer is not None:
+            tensors.update(prefixed(optimizer_tensors(d_optimizer), "d_optimizer"))
         for name, module in networks.items():
             tensors.update(prefixed(module.state_dict(), name))
-        save_checkpoint(checkpoint_path, tensors, {"step": step, "config": run_config})
+        if main:
+            save_checkpoint(checkpoint_path, tensors, {"step": step, "config": run_config})
+
+    sample = on_sample if main else None
+    if fsdp and on_sample is not None:
+        def sample(sharded_ema: torch.nn.Module, step: int) -> None:   # every process gathers, rank 0 draws
+            plain = unsharded(sharded_ema, template)
+            if main:
+                on_sample(plain.eval(), step)
 
     data = tuple(d.to(device) for d in data) if isinstance(data, tuple) else data.to(device)
     num_examples = (data[0] if isinstance(data, tuple) else data).shape[0]
@@ -331,8 +394,10 @@ def train(model: torch.nn.Module, objective, data: torch.Tensor | tuple[torch.Te
             record = {"loss": value, **terms}
             losses.append((step, value))
             logs.append({"step": step, **record})
-            if end_step(step, record, config, log, bar, t0, checkpoint, on_sample if main else None, ema):
+            if end_step(step, record, config, log, bar, t0, checkpoint, sample, ema):
                 last_saved = step + 1
+    if fsdp:
+        model, ema = unsharded(model, template), unsharded(ema, template)
     model.eval()
     ema.eval()
     return model, ema, logs
