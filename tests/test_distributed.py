@@ -12,7 +12,7 @@ import torch
 import torch.multiprocessing as mp
 
 from minidiff.models import MLPConfig, MLPDenoiser
-from minidiff.process import GaussianDiffusion, NoiseSchedule
+from minidiff.process import ConditionalDiffusion, GaussianDiffusion, NoiseSchedule
 from minidiff.training import distributed
 from minidiff.training.checkpoint import load_checkpoint
 from minidiff.training.loop import TrainConfig, train
@@ -29,6 +29,37 @@ def setup():
     diffusion = GaussianDiffusion(NoiseSchedule.make("linear", 20), min_snr_gamma=5.0)
     data = torch.randn(32, 2, generator=torch.Generator().manual_seed(1))
     return model, diffusion, data
+
+
+class TextMLP(torch.nn.Module):
+    """A tiny text-conditional denoiser: token ids (B, L) -> context (B, L, 4) by encode_tokens, as in
+    TextToImage when the text encoder trains with the denoiser (called outside DDP's forward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(10, 4)
+        self.denoiser = MLPDenoiser(MLPConfig(dim=6, hidden=16, layers=1, time_dim=8))
+
+    def encode_tokens(self, ids):
+        return self.embedding(ids)                                             # (B, L, 4)
+
+    def forward(self, x_t, t, context):
+        x = torch.cat([x_t, context.mean(1)[:, :4]], dim=1)                    # (B, 6)
+        return self.denoiser(x, t)[:, :2]
+
+
+def text_run(folder):
+    """ConditionalDiffusion with token ids and caption dropout: its draws must be sliced like the noise."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = TextMLP()
+    objective = ConditionalDiffusion(GaussianDiffusion(NoiseSchedule.make("linear", 20)),
+                                     null_condition=torch.zeros(1, 3, dtype=torch.long), p_uncond=0.5)
+    data = (torch.randn(32, 2, generator=torch.Generator().manual_seed(1)),
+            torch.randint(1, 10, (32, 3), generator=torch.Generator().manual_seed(2)))
+    config = TrainConfig(**{**CONFIG, "sample_every": 0})
+    _, _, logs = train(model, objective, data, config, folder, {}, progress=False)
+    return [r["loss"] for r in logs]
 
 
 def run(folder, steps, resume=False, shard=False):
@@ -59,7 +90,8 @@ def worker(rank: int, port: int, root: str) -> None:
         report = {"straight": run(f"{root}/straight", 4), "first": run(f"{root}/split", 2),
                   "resumed": run(f"{root}/split", 4, resume=True), "world": distributed.world_size(),
                   "sharded": run(f"{root}/sharded", 2, shard=True),
-                  "sharded_resumed": run(f"{root}/sharded", 4, resume=True, shard=True)}
+                  "sharded_resumed": run(f"{root}/sharded", 4, resume=True, shard=True),
+                  "text": text_run(f"{root}/text")}
         with open(f"{root}/rank{rank}.json", "w") as f:
             json.dump(report, f)
     finally:
@@ -157,5 +189,19 @@ def test_sharded_training_follows_the_one_process_run(two_processes):
     a, _ = load_checkpoint(root / "straight" / "checkpoint.safetensors")
     b, meta = load_checkpoint(root / "sharded" / "checkpoint.safetensors")
     assert meta["step"] == 4 and a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
+
+
+def test_a_text_encoder_trained_with_the_denoiser_follows_the_one_process_run(two_processes, tmp_path):
+    root, ranks = two_processes
+    threads = torch.get_num_threads()
+    single = text_run(tmp_path / "text")
+    torch.set_num_threads(threads)
+    assert single[0] != single[-1]
+    for report in ranks:
+        assert report["text"] == pytest.approx(single, abs=1e-5)
+    a, _ = load_checkpoint(tmp_path / "text" / "checkpoint.safetensors")
+    b, _ = load_checkpoint(root / "text" / "checkpoint.safetensors")
     for key in a:
         assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key

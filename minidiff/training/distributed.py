@@ -24,6 +24,18 @@ class DistributedError(ValueError):
     """Several processes cannot train this run; the message says why and what to do."""
 
 
+class DataParallel(torch.nn.parallel.DistributedDataParallel):
+    """DistributedDataParallel that also lets the objective reach the model's other methods and attributes (a
+    text-to-image model's encode_tokens): they run outside DDP's forward, and the gradients of the weights they use
+    are averaged across the processes all the same."""
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
+
+
 def init_from_environment() -> bool:
     """Join torchrun's process group if this process was started by torchrun; True if it did (or had already).
 

@@ -123,7 +123,7 @@ def data_parallel(model: torch.nn.Module, ema: torch.nn.Module, objective, confi
         distributed.shard_model(ema)       # the same layout: the EMA update stays one elementwise kernel per shard
         return model, {"shard": shard}
     ids = [device.index] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids), {"shard": shard}
+    return distributed.DataParallel(model, device_ids=ids), {"shard": shard}
 
 
 # Reading and writing a module's full weights: directly, or for a sharded (FSDP) module by gathering its shards
