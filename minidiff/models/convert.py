@@ -43,7 +43,7 @@ def _value(config: dict, key: str, default):
 
 
 def _bad(key: str, value, expected: str) -> PretrainedError:
-    return PretrainedError(f"config has {key}={value!r}; expected {expected}: fix config.json or re-save the model")
+    return PretrainedError(f"config has {key}={value!r}; expected {expected}: fix the file or re-save the model")
 
 
 def _is_int(value) -> bool:

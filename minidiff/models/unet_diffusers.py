@@ -158,7 +158,7 @@ def cond_unet_config_from_diffusers(config: dict) -> UNetConfig:
     if only_cross not in (False, True) and not (isinstance(only_cross, list) and all(v in (False, True)
                                                                                      for v in only_cross)):
         raise PretrainedError(f"config has only_cross_attention={only_cross!r}; expected true, false or a list of "
-                              f"them: fix config.json or re-save the model")
+                              f"them: fix the file or re-save the model")
     if only_cross is True or (isinstance(only_cross, list) and any(only_cross)):
         raise PretrainedError("diffusers config has only_cross_attention=True, which minidiff's U-Net does not support "
                               "(it needs False: self-attention, then cross-attention)")
