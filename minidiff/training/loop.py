@@ -289,6 +289,7 @@ def train(model: torch.nn.Module, objective, data: torch.Tensor | tuple[torch.Te
     on_sample(ema_model, step) is called every `sample_every` steps but the last. Returns (model, ema_model, logs)
     where logs are this call's records, one dict per step: {"step", "loss", and the objective's other terms}.
     """
+    config.validate()
     run_dir, main = Path(run_dir), distributed.is_main()
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -368,7 +369,7 @@ def train(model: torch.nn.Module, objective, data: torch.Tensor | tuple[torch.Te
                     loss, terms = objective.loss(network, batch, generator, **sharded), {}
                 else:
                     discriminator.eval().requires_grad_(False)       # a fixed judge while the model learns
-                    loss, fake, terms = objective.loss(model, batch, generator, adversarial)
+                    loss, fake, terms = objective.loss(network, batch, generator, adversarial)
             value = distributed.all_reduce_mean(loss.detach()).item()    # every process stops together
             if not math.isfinite(value):
                 raise TrainingError(non_finite_message(value, step, last_saved, losses, config, run_dir, run_config))
