@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from minidiff.io import atomic_write, atomic_write_text  # noqa: F401  (atomic_write_text: the recipes' import)
+from minidiff.io import atomic_write
 
 CHECKPOINT = "checkpoint.safetensors"
 CONFIG = "config.json"
