@@ -1,4 +1,5 @@
-"""Judges: quality metrics for generated digits, Shapes scenes and 2D point clouds, each next to a real-data baseline."""
+"""Judges: quality metrics for generated digits, Shapes scenes and 2D point clouds, each next to a real-data
+baseline. What they share (the classifier cache, the Frechet distance, the pixel check) is minidiff.eval.common."""
 from minidiff.eval.common import frechet_distance, frechet_distance_gaussians
 from minidiff.eval.digits import DigitClassifier, digit_metrics, features, load_digit_classifier, train_digit_classifier
 from minidiff.eval.shapes_fd import (

@@ -200,8 +200,8 @@ def shapes_frechet(images: torch.Tensor | np.ndarray, n_reference: int | None = 
     ratio of two *real* sets drifts with which scenes they hold: benchmarks/bench_shapes_fd.py measured
     0.58..1.01 over 15 chunks of N = 128 validation renders, 0.97..1.51 at N = 500 and 1.15..1.67 at N = 1000
     (blank, noise and grayed images score 40 to 140), so compare two good models at N >= 1000, and read a
-    ratio below about 2 as "looks like real renders". Train scenes 0..4999 also trained the classifier, so a model that memorised them can
-    score a frechet_ratio below 1.
+    ratio below about 2 as "looks like real renders". Train scenes 0..4999 also trained the classifier, so a
+    model that memorised them can score a frechet_ratio below 1.
     """
     images = as_shapes_images(images)                                              # (N, 3, S, S)
     n, size = len(images), images.shape[-1]

@@ -90,8 +90,9 @@ def as_uint8_images(images) -> list[np.ndarray]:
             raise ValueError(f"expected square uint8 H x W x 3 images, got {im.dtype} {im.shape}; convert float "
                              f"images in [-1, 1] as a torch tensor (N, 3, H, W) instead")
         if not MIN_EVAL_RESOLUTION <= im.shape[0] <= MAX_RESOLUTION:
-            raise ValueError(f"ShapesEval reads images of {MIN_EVAL_RESOLUTION} to {MAX_RESOLUTION} pixels, got {im.shape[0]}; "
-                             f"generate at 24 or more (below that a small object is too few pixels to tell its shape)")
+            raise ValueError(f"ShapesEval reads images of {MIN_EVAL_RESOLUTION} to {MAX_RESOLUTION} pixels, "
+                             f"got {im.shape[0]}; generate at 24 or more (below that a small object is too few "
+                             f"pixels to tell its shape)")
     return images
 
 
@@ -269,7 +270,8 @@ def score(images, prompts, report: bool = True) -> dict:
     for image, spec, prompt in zip(images, specs, prompts):
         detections = detect(image)
         passed, reason = check(spec, detections)
-        text = prompt if isinstance(prompt, str) else prompt["prompt"] if isinstance(prompt, dict) else plain_caption(spec)
+        text = (prompt if isinstance(prompt, str) else prompt["prompt"] if isinstance(prompt, dict)
+                else plain_caption(spec))
         results.append({"prompt": text, "category": spec.category, "passed": passed, "reason": reason,
                         "detected": [f"{d.size} {d.color} {d.shape} at the {d.position}" for d in detections]})
     categories = {}
