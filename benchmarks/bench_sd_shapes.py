@@ -34,7 +34,7 @@ import torch
 from minidiff.data import shapes_tensors
 from minidiff.eval.shapes_fd import shapes_frechet
 from minidiff.recipes import load_run, run_training
-from minidiff.recipes_text import generate, text_metrics
+from minidiff.recipes.text import generate, text_metrics
 
 
 def main() -> None:

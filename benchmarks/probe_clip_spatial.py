@@ -2,7 +2,7 @@
 
 1. Preference: for every validation scene whose caption names a place or a relation, CLIP's image-text similarity
    with its caption against the same caption with the spatial words swapped ("left" <-> "right", "above" <->
-   "below", "top" <-> "bottom"; minidiff.recipes_text.swap_spatial_words). The share of scenes where the true
+   "below", "top" <-> "bottom"; minidiff.recipes.text.swap_spatial_words). The share of scenes where the true
    caption wins, per group: relations left/right, relations above/below, places left/right, places top/bottom.
    0.5 is chance: the model cannot tell the two captions apart.
 2. Context distance: how far the text tower's output states (what a U-Net's cross-attention reads) move when the
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from minidiff.data.tokenizer import BPETokenizer
 from minidiff.recipes import load_run
-from minidiff.recipes_text import TOKENIZER, shapes_captions, swap_spatial_words
+from minidiff.recipes.text import TOKENIZER, shapes_captions, swap_spatial_words
 
 GROUPS = {"relation left/right": lambda c: " left of " in c or " right of " in c,
           "relation above/below": lambda c: " above " in c or " below " in c,

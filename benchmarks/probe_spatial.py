@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from minidiff.data.shapes import RELATIONS
 from minidiff.eval.shapeseval import as_uint8_images, detect
 from minidiff.recipes import load_run
-from minidiff.recipes_text import generate
+from minidiff.recipes.text import generate
 
 PLACES = ["a red circle on the left", "a red circle on the right", "a red circle at the top",
           "a red circle at the bottom", "a red circle left of a blue square", "a red circle right of a blue square"]

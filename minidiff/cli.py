@@ -14,49 +14,67 @@ from pathlib import Path
 
 def cmd_train(args) -> None:
     from minidiff.recipes import get_recipe, run_training
+    from minidiff.training.distributed import init_from_environment, is_main
 
+    if args.recipe is None:
+        raise ValueError(f"name a recipe to train: {recipe_list()}")
     get_recipe(args.recipe)  # fail fast on an unknown name
+    init_from_environment()  # several processes under torchrun; nothing otherwise
     out = Path(args.out or f"runs/{args.recipe}")
     metrics = run_training(args.recipe, out, args.preset, args.overrides, resume=args.resume,
-                           evaluate_after=not args.no_eval)
-    print(f"run folder: {out}  (samples.png, checkpoint.safetensors, config.json, log.jsonl"
-          f"{', metrics.json' if metrics else ''})")
-    if metrics:
-        print(json.dumps(metrics, indent=2))
+                           evaluate_after=not args.no_eval, retrain_parts=args.retrain_parts)
+    if is_main():
+        print(f"run folder: {out}  (samples.png, checkpoint.safetensors, config.json, log.jsonl"
+              f"{', metrics.json' if metrics else ''})")
+        if metrics:
+            print(json.dumps(metrics, indent=2))
+
+
+def recipe_list() -> str:
+    from minidiff.recipes import RECIPES
+
+    return "; ".join(f"{name} (chapter {r.chapter})" for name, r in RECIPES.items())
+
+
+def sampler_overrides(args, sections: dict) -> dict:
+    """The sampler and guidance options given on the command line, checked against the run."""
+    from minidiff.recipes import RUN_KINDS, get_recipe
+
+    kind = RUN_KINDS[get_recipe(sections.recipe).kind]
+    if "diffusion" not in sections:
+        kind.sample(None, sections, 1)                      # raises the kind's own "does not sample" error
+    num_steps = sections["diffusion"].num_steps
+    if args.steps is not None and not 1 <= args.steps <= num_steps:
+        raise ValueError(f"--steps must be between 1 and {num_steps}, got {args.steps}")
+    overrides = {k: v for k, v in {"sampler": args.sampler, "sample_steps": args.steps,
+                                   "eta": getattr(args, "eta", None)}.items() if v is not None}
+    if args.sampler == "ddpm" and args.steps is None:
+        overrides["sample_steps"] = num_steps
+    text_options = {"guidance_scale": args.guidance, "negative_prompt": getattr(args, "negative_prompt", None)}
+    text_options = {k: v for k, v in text_options.items() if v is not None}
+    if text_options and not kind.prompts:
+        raise ValueError(f"--guidance and --negative-prompt need a text-to-image run (sd-shapes); this run is "
+                         f"{kind.what}: drop them")
+    kind.sample_overrides(sections, {**overrides, **text_options})          # validates every value
+    return {**overrides, **text_options}
 
 
 def cmd_sample(args) -> None:
-    from minidiff.plotting import save_grid, save_image, image_grid, save_points
-    from minidiff.recipes import load_run, sample_from_run
+    from minidiff.plotting import image_grid, save_grid, save_image, save_points
+    from minidiff.recipes import RUN_KINDS, get_recipe, load_run
+    from minidiff.recipes.base import check_output_folder
 
-    model, sections = load_run(args.run_dir)
-    if "diffusion" not in sections:
-        sample_from_run(model, sections, 1)                 # raises the clear error for autoencoder runs
-    overrides = {k: v for k, v in {"sampler": args.sampler, "sample_steps": args.steps, "eta": args.eta}.items()
-                 if v is not None}
-    steps_max = sections["diffusion"].num_steps
-    if args.steps is not None and not 1 <= args.steps <= steps_max:
-        raise ValueError(f"--steps must be between 1 and {steps_max}, got {args.steps}")
+    out = Path(args.out)
+    check_output_folder(out)
     if args.n < 1:
         raise ValueError(f"-n must be at least 1, got {args.n}")
-    if args.sampler == "ddpm" and args.steps is None:
-        overrides["sample_steps"] = steps_max
-    if "guidance" in sections:                              # a text-to-image run: images from a prompt
-        from minidiff.recipes_text import generate
-
-        if not args.prompt:
-            raise ValueError('this run draws images from a prompt: pass --prompt "a red circle left of a blue square"')
-        if args.guidance is not None:
-            overrides["guidance_scale"] = args.guidance
-        if args.negative_prompt is not None:
-            overrides["negative_prompt"] = args.negative_prompt
-        samples = generate(model, sections, [args.prompt] * args.n, seed=args.seed, **overrides)
-    elif args.prompt or args.guidance is not None or args.negative_prompt is not None:
-        raise ValueError("--prompt, --guidance and --negative-prompt need a text-to-image run (sd-shapes); "
-                         "this run is unconditional: drop them")
-    else:
-        samples = sample_from_run(model, sections, args.n, seed=args.seed, **overrides)
-    out = Path(args.out)
+    model, sections = load_run(args.run_dir)
+    kind = RUN_KINDS[get_recipe(sections.recipe).kind]
+    overrides = sampler_overrides(args, sections)
+    if args.prompt and not kind.prompts:
+        raise ValueError(f"--prompt needs a text-to-image run (sd-shapes); this run is {kind.what}: drop it")
+    samples = kind.sample(model, kind.sample_overrides(sections, overrides), args.n, seed=args.seed,
+                          prompts=[args.prompt] * args.n if args.prompt else None)
     out.mkdir(parents=True, exist_ok=True)
     if samples.ndim == 4:                                   # images (digits, Shapes); else 2D points
         for i, image in enumerate(samples):
@@ -71,11 +89,16 @@ def cmd_sample(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from minidiff.recipes import run_evaluation
+    from minidiff.recipes import load_run, run_evaluation
 
-    overrides = {k: v for k, v in {"sampler": args.sampler, "sample_steps": args.steps,
-                                   "guidance_scale": args.guidance}.items() if v is not None}
-    metrics = run_evaluation(args.run_dir, n=args.n, seed=args.seed, **overrides)
+    if args.n is not None and args.n < 1:
+        raise ValueError(f"-n must be at least 1, got {args.n}")
+    model, sections = load_run(args.run_dir)
+    overrides = sampler_overrides(args, sections) if "diffusion" in sections else {}
+    if "diffusion" not in sections and (args.sampler or args.steps is not None or args.guidance is not None):
+        raise ValueError("--sampler, --steps and --guidance apply to diffusion runs; this run does not sample: "
+                         "drop them")
+    metrics = run_evaluation(args.run_dir, model=model, n=args.n, seed=args.seed, **overrides)
     print(json.dumps(metrics, indent=2))
     print(f"wrote {Path(args.run_dir) / 'metrics.json'}")
 
@@ -100,21 +123,29 @@ def cmd_data(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from minidiff.process import SAMPLERS
+    from minidiff.recipes import RECIPES
+
     parser = argparse.ArgumentParser(prog="minidiff", description="Text-to-image diffusion from scratch.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a recipe (ddpm-digits, ddpm-2d, vae-shapes, ldm-shapes, ddpm-shapes)")
-    p.add_argument("recipe")
+    recipes = "\n".join(f"  {name:<13} chapter {r.chapter}: {r.description}" for name, r in RECIPES.items())
+    p = sub.add_parser("train", help=f"train a recipe ({', '.join(RECIPES)})", epilog=f"recipes:\n{recipes}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipe", nargs="?", help="what to train (listed below)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. steps=500 lr=1e-3")
     p.add_argument("--preset", help="model preset (see `minidiff presets`)")
     p.add_argument("--out", help="run folder (default runs/RECIPE)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--no-eval", action="store_true", help="skip the metrics at the end")
+    p.add_argument("--retrain-parts", action="store_true",
+                   help="train the parts a run builds on (autoencoder, CLIP) from scratch in subfolders of --out, "
+                        "instead of using the ones that ship with minidiff")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="draw samples from a trained run")
     p.add_argument("run_dir")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"])
+    p.add_argument("--sampler", choices=SAMPLERS)
     p.add_argument("--steps", type=int)
     p.add_argument("--eta", type=float)
     p.add_argument("-n", type=int, default=16)
@@ -128,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="sample a run and compute its metrics (writes RUN_DIR/metrics.json)")
     p.add_argument("run_dir")
     p.add_argument("-n", type=int, help="number of samples (default: the recipe's)")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"])
+    p.add_argument("--sampler", choices=SAMPLERS)
     p.add_argument("--steps", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, help="text-to-image runs: classifier-free guidance scale (1: off)")

@@ -7,14 +7,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minidiff.data.images import from_model_range
-
 
 def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 1) -> np.ndarray:
     """(N, C, H, W) in [-1, 1] -> one (rows*(H+pad)+pad, cols*(W+pad)+pad, 3) uint8 picture."""
     if images.ndim != 4:
         raise ValueError(f"expected images of shape (N, C, H, W), got {tuple(images.shape)}")
-    x = from_model_range(images.detach().float().cpu())
+    x = ((images.detach().float().cpu() + 1) / 2).clamp(0, 1)    # [-1, 1] -> [0, 1], as data.images does
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     N, _, H, W = x.shape

@@ -275,7 +275,7 @@ def test_hard_negatives_join_the_image_to_text_side_only():
 
 
 def test_swap_spatial_words():
-    from minidiff.recipes_text import swap_spatial_words
+    from minidiff.recipes.text import swap_spatial_words
 
     assert swap_spatial_words("a red circle left of a blue square") == "a red circle right of a blue square"
     assert swap_spatial_words("a cross in the top left") == "a cross in the bottom right"

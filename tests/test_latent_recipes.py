@@ -104,7 +104,7 @@ def test_pixel_shapes_recipe_trains(tmp_path):
     (["sample_size=30"], "cannot go through this autoencoder"),
     (["pixel_loss=l3"], "unknown pixel_loss"),
     (["dataset=digits"], "does not fit recipe vae-shapes"),
-    (["train_examples=0"], "train_examples=0 must be at least 1"),
+    (["train_examples=0"], "train_examples=0 must be between 1 and 200000"),
 ])
 def test_bad_autoencoder_configs_are_clear_errors(overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -8,7 +8,7 @@ from minidiff.cli import main
 from minidiff.data.tokenizer import BPETokenizer
 from minidiff.pipelines.text_to_image import TextToImage
 from minidiff.recipes import load_run, run_evaluation, run_training, sample_from_run
-from minidiff.recipes_text import generate
+from minidiff.recipes.text import generate
 from minidiff.training.checkpoint import load_checkpoint, unprefixed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -77,7 +77,7 @@ def test_clip_run_does_not_sample(clip_run):
 def test_sd_run_holds_the_frozen_clip_text_tower_and_its_tokenizer(sd_run, clip_run):
     config = json.loads((sd_run / "config.json").read_text())
     clip_config = json.loads((clip_run / "config.json").read_text())
-    assert config["text_encoder"] == clip_config["model"]["text"]
+    assert config["text_encoder"] == {"family": "clip-text", **clip_config["model"]["text"]}   # which class reads it
     assert config["model"]["cross_attention_dim"] == clip_config["model"]["text"]["width"]
     assert (sd_run / "tokenizer" / "vocab.json").read_text() == (clip_run / "tokenizer" / "vocab.json").read_text()
     sd, _ = load_checkpoint(sd_run / "checkpoint.safetensors")

@@ -363,12 +363,14 @@ def train(model: torch.nn.Module, objective, data: torch.Tensor | tuple[torch.Te
                 group["lr"] = lr
 
             # 1. the model: the objective's loss, one AdamW step, the EMA
+            game = hasattr(objective, "adversarial_at")      # the autoencoder's: terms to log, maybe a judge
             adversarial = discriminator is not None and objective.adversarial_at(step)
             with autocast:
-                if discriminator is None:
+                if not game:
                     loss, terms = objective.loss(network, batch, generator, **sharded), {}
                 else:
-                    discriminator.eval().requires_grad_(False)       # a fixed judge while the model learns
+                    if discriminator is not None:
+                        discriminator.eval().requires_grad_(False)   # a fixed judge while the model learns
                     loss, fake, terms = objective.loss(network, batch, generator, adversarial)
             value = distributed.all_reduce_mean(loss.detach()).item()    # every process stops together
             if not math.isfinite(value):
