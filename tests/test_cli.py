@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import TINY_DIGITS
+from conftest import TINY_DIGITS, error_line
 from minidiff.cli import main
 
 
@@ -16,11 +16,6 @@ def digits_run(tmp_path_factory):
     return out
 
 
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("minidiff: error: "), err
-    assert "Traceback" not in err[0]
-    return err[0]
 
 
 def test_presets_lists_counts_and_runs_as_a_program():

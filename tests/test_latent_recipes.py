@@ -9,25 +9,15 @@ from minidiff.pipelines import LatentDiffusion
 from minidiff.recipes import load_run, make_run_config, run_evaluation, run_training, sample_from_run
 from minidiff.training.checkpoint import load_checkpoint
 
+from conftest import TINY_LATENT, TINY_VAE, logged
+
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-TINY_VAE = ["block_channels=8,16,16", "norm_groups=4", "batch_size=4", "steps=6", "checkpoint_every=3",
-            "log_every=1", "sample_every=0", "warmup_steps=2", "train_examples=48", "disc_start=2",
-            "discriminator.width=8", "perceptual_weight=0.1"]
-TINY_LATENT = ["block_channels=8,16", "norm_groups=4", "attention_levels=1", "layers_per_block=1", "batch_size=8",
-               "steps=4", "log_every=1", "sample_every=0", "num_images=4", "sample_steps=3", "warmup_steps=2",
-               "train_examples=48"]
-
 
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("vae")
     run_training("vae-shapes", out, overrides=TINY_VAE, progress=False, evaluate_after=False)
     return out
-
-
-def logged(run_dir):
-    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
 
 def test_autoencoder_run_writes_a_self_contained_checkpoint_with_its_latent_scale(vae_run):

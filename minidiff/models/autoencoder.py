@@ -22,7 +22,7 @@ Encoder: conv_in, then per level `layers_per_block` ResBlocks (no timestep) and 
 the last level), a middle (ResBlock, self-attention, ResBlock), GroupNorm, SiLU, conv_out to 2L channels, and
 an optional 1x1 `quant_conv`. Decoder: optional 1x1 `post_quant_conv`, conv_in, the middle, then per level
 (widest first) `layers_per_block + 1` ResBlocks and a nearest-neighbour x2 upsample, GroupNorm, SiLU, conv_out.
-Module names follow diffusers' AutoencoderKL, so its folders load with the U-Net's key map (minidiff/weights.py).
+Module names follow diffusers' AutoencoderKL, so its folders load with a short key map of its own (minidiff/models/autoencoder_diffusers.py).
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ Paper: Radford et al. 2021, Learning Transferable Visual Models From Natural Lan
 
 SD 1.x conditions its U-Net on the text tower of CLIP ViT-L/14 (`CLIPTextConfig.clip_vit_l_text`, 123,060,480
 parameters): the whole 77 x 768 `last_hidden_state`, after the final LayerNorm. Module names follow
-transformers' CLIPTextModel, so its folders load with a one-line key map (minidiff/weights.py).
+transformers' CLIPTextModel, so its folders load with a one-line key map (minidiff/models/clip_transformers.py).
 """
 from __future__ import annotations
 

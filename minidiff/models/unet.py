@@ -17,7 +17,7 @@ Level i works at resolution H / 2^i; `attention_levels` names the levels that ge
 p x p pixel patches into channels (pixel_unshuffle) and unfolds its output at the end (pixel_shuffle), so level i
 works at H / (p 2^i): the toy preset's p = 2 suits the digits, 8x8 scans upsampled to 16x16 (Chapter 1, section 8).
 The module names follow diffusers' UNet2DModel and UNet2DConditionModel closely, so their checkpoints load
-with a short key map (see minidiff/weights.py).
+with a short key map (see minidiff/models/unet_diffusers.py).
 """
 from __future__ import annotations
 

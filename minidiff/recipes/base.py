@@ -19,10 +19,9 @@ a run folder says which class rebuilds it.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from minidiff.io import (FileError, atomic_write_json, load_state_strict, read_j
                          remove_stale_temporaries)
 from minidiff.models import PRESETS
 from minidiff.process import PREDICTIONS, SAMPLERS, SCHEDULES, VARIANCES, GaussianDiffusion, NoiseSchedule
-from minidiff.training.checkpoint import CHECKPOINT, CONFIG, load_checkpoint, unprefixed
+from minidiff.training.checkpoint import CHECKPOINT, CONFIG, load_checkpoint, save_checkpoint, unprefixed
 from minidiff.training.loop import TrainConfig
 
 PARTS_DIR = Path(__file__).parent / "parts"   # the toy parts that ship with minidiff (see parts/README.md)
@@ -282,12 +281,32 @@ def make_run_config(recipe_name: str, preset: str | None = None, overrides: list
             **{k: to_dict(v) if k == "model" else section_to_dict(k, v) for k, v in sections.items()}}
 
 
+SIZE_WORDS = ("channels", "size", "dim", "hidden", "width", "heads", "layers", "groups", "length")
+
+
+def check_model_sizes(config, prefix: str = "") -> None:
+    """Every count in a model config (channels, widths, layers, heads, ...; nested configs too) is at least 1, and no
+    integer is negative: a zero width would build a network with no weights, a negative one fails deep in torch."""
+    for f in dataclasses.fields(config):
+        value, key = getattr(config, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_model_sizes(value, f"{key}.")
+            continue
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int):
+                continue
+            if v < 0 or (v == 0 and any(word in f.name for word in SIZE_WORDS)):
+                raise ValueError(f"{key}={value} must be at least 1; it counts channels, layers or positions")
+
+
 def validate_sections(sections: dict, recipe: Recipe | None) -> None:
     """Each section's own checks, then the cross-section checks: the sample steps fit the process, the dataset fits
     the recipe, and the kind's own (recipe None: only what does not need the recipe)."""
     for config in sections.values():
         if hasattr(config, "validate"):
             config.validate()
+    check_model_sizes(sections["model"])
     if "diffusion" in sections and "sample" in sections:
         steps, num_steps = sections["sample"].sample_steps, sections["diffusion"].num_steps
         if not 1 <= steps <= num_steps:
@@ -355,14 +374,32 @@ def shipped_part(recipe: str) -> Path | None:
     return folder if (folder / CHECKPOINT).is_file() else None
 
 
-def weights_digest(run_dir: Path) -> str:
-    """sha256 of a run's EMA weights (names, dtypes, shapes and bytes): what a run records of each part it uses."""
-    tensors, _ = load_checkpoint(run_dir / CHECKPOINT)
-    digest = hashlib.sha256()
-    for name, value in sorted(unprefixed(tensors, "ema").items()):
-        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
-        digest.update(value.contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+SHIPPED_FILES = (CONFIG, "metrics.json", "samples.png")   # copied beside the weights; a tokenizer folder too
+
+
+def ship_part(run_dir: str | Path, parts_dir: str | Path = PARTS_DIR) -> Path:
+    """Turn a finished run into a shipped part: its EMA weights only (no training weights, optimizer or
+    discriminator: a few MB), its config, metrics, samples and tokenizer, in parts_dir/RECIPE. Returns that folder.
+
+    How the parts in minidiff/recipes/parts were made is in the README there."""
+    run_dir = Path(run_dir)
+    tensors, meta = load_checkpoint(run_dir / CHECKPOINT)
+    recipe, (step, steps) = meta["config"]["recipe"], _progress(run_dir / CHECKPOINT)
+    if step < steps:
+        raise ValueError(f"{run_dir} stopped at step {step} of {steps}; finish it with --resume before shipping it")
+    if not (run_dir / "metrics.json").exists():
+        raise ValueError(f"{run_dir} has no metrics.json; run `minidiff eval {run_dir}` first, so the part ships "
+                         f"with the numbers it was measured at")
+    dest = Path(parts_dir) / recipe
+    dest.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(dest / CHECKPOINT, {f"ema.{k}": v for k, v in unprefixed(tensors, "ema").items()},
+                    {"step": step, "config": meta["config"]})
+    for name in SHIPPED_FILES:
+        if (run_dir / name).exists():
+            shutil.copyfile(run_dir / name, dest / name)
+    if (run_dir / "tokenizer").is_dir():
+        shutil.copytree(run_dir / "tokenizer", dest / "tokenizer", dirs_exist_ok=True)
+    return dest
 
 
 def _progress(checkpoint: Path) -> tuple[int, int]:
