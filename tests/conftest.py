@@ -53,3 +53,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory):
+    """A finished tiny `vae-shapes` run (6 steps, the GAN from step 2 on)."""
+    from minidiff.recipes import run_training
+
+    out = tmp_path_factory.mktemp("vae")
+    run_training("vae-shapes", out, overrides=TINY_VAE, progress=False, evaluate_after=False)
+    return out

@@ -13,12 +13,6 @@ from conftest import TINY_LATENT, TINY_VAE, logged
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(scope="module")
-def vae_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("vae")
-    run_training("vae-shapes", out, overrides=TINY_VAE, progress=False, evaluate_after=False)
-    return out
-
 
 def test_autoencoder_run_writes_a_self_contained_checkpoint_with_its_latent_scale(vae_run):
     tensors, meta = load_checkpoint(vae_run / "checkpoint.safetensors")

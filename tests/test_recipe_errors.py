@@ -22,11 +22,6 @@ def points_run(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def vae_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("vae")
-    run_training("vae-shapes", out, overrides=TINY_VAE, progress=False, evaluate_after=False)
-    return out
 
 
 # ---------------------------------------------------------------------------- the registries
