@@ -1,7 +1,7 @@
 """Classifier-free guidance: one network, trained both with and without its condition, steers its own samples.
 
 Paper: Ho & Salimans 2022, "Classifier-Free Diffusion Guidance" (arXiv:2207.12598), Algorithm 1 (training with
-the condition dropped) and eq. 6 (sampling); guidance rescale from Lin et al. 2023 (arXiv:2305.08891), eq. 15-16.
+the condition dropped) and eq. 6 (sampling); guidance rescale from Lin et al. 2024 (WACV; arXiv:2305.08891), eq. 15-16.
 
 | code             | paper                                                               |
 |------------------|---------------------------------------------------------------------|
