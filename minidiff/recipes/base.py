@@ -307,8 +307,8 @@ def validate_sections(sections: dict, recipe: Recipe | None) -> None:
         if hasattr(config, "validate"):
             config.validate()
     check_model_sizes(sections["model"])
-    if "diffusion" in sections and "sample" in sections:
-        steps, num_steps = sections["sample"].sample_steps, sections["diffusion"].num_steps
+    if hasattr(sections.get("diffusion"), "num_steps") and hasattr(sections.get("sample"), "sample_steps"):
+        steps, num_steps = sections["sample"].sample_steps, sections["diffusion"].num_steps   # a discrete process
         if not 1 <= steps <= num_steps:
             raise ValueError(f"sample_steps={steps} must be between 1 and num_steps={num_steps}")
     if recipe is None:
