@@ -8,7 +8,8 @@ import torch
 
 from minidiff.cli import build_parser, main
 from minidiff.recipes import RECIPES, RUN_KINDS, load_run, make_run_config, run_training
-from minidiff.recipes.base import PREPARING, Sections, load_sections, section_from_dict
+from minidiff.recipes.base import PREPARING, load_sections
+from minidiff.recipes.sections import Sections, section_from_dict
 from minidiff.training.checkpoint import load_checkpoint, save_checkpoint
 from conftest import TINY_2D, TINY_LATENT, TINY_VAE, error_line, files_of, logged
 

@@ -13,8 +13,8 @@ import torch
 
 from minidiff.models import build_model
 from minidiff.process import sample
-from minidiff.recipes.base import (DataConfig, DiffusionConfig, Recipe, RunKind, SampleConfig, check_image_size,
-                                   load_data, register_kind, register_recipe)
+from minidiff.recipes.base import Recipe, RunKind, load_data, register_kind, register_recipe
+from minidiff.recipes.sections import DataConfig, DiffusionConfig, SampleConfig, check_image_size
 from minidiff.training.distributed import is_main
 from minidiff.training.loop import TrainConfig, train
 

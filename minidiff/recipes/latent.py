@@ -20,9 +20,9 @@ from minidiff.config import from_dict, to_dict
 from minidiff.io import atomic_write_json, load_state_strict
 from minidiff.models import Autoencoder, AutoencoderConfig, build_model
 from minidiff.models.discriminator import DiscriminatorConfig, PatchDiscriminator
-from minidiff.recipes.base import (DataConfig, DiffusionConfig, Recipe, RunKind, SampleConfig, check_choice,
-                                   check_image_size, load_data, prerequisite_run, register_kind, register_recipe,
-                                   register_section)
+from minidiff.recipes.base import Recipe, RunKind, load_data, prerequisite_run, register_kind, register_recipe
+from minidiff.recipes.sections import (DataConfig, DiffusionConfig, SampleConfig, check_choice, check_image_size,
+                                       register_section)
 from minidiff.recipes.ddpm import Diffusion
 from minidiff.training.autoencoder import PIXEL_LOSSES, AutoencoderLossConfig, AutoencoderObjective
 from minidiff.training.checkpoint import CHECKPOINT, CONFIG, load_checkpoint, save_checkpoint, unprefixed

@@ -27,8 +27,9 @@ from minidiff.data.shapes_dataset import category_options
 from minidiff.data.tokenizer import BPETokenizer
 from minidiff.io import load_state_strict
 from minidiff.models.clip import CLIP, CLIPConfig, CLIPTextConfig, CLIPTextEncoder, contrastive_loss, retrieval_accuracy
-from minidiff.recipes.base import (DataConfig, DiffusionConfig, Recipe, RunKind, SampleConfig, check_image_size,
-                                   check_range, prerequisite_run, register_kind, register_recipe, register_section)
+from minidiff.recipes.base import Recipe, RunKind, prerequisite_run, register_kind, register_recipe
+from minidiff.recipes.sections import (DataConfig, DiffusionConfig, SampleConfig, check_image_size, check_range,
+                                       register_section)
 from minidiff.recipes.latent import LatentConfig, attach_autoencoder, autoencoder_tensors, restore_embedded_parts
 from minidiff.training.checkpoint import CHECKPOINT, load_checkpoint, unprefixed
 from minidiff.training.distributed import is_main
