@@ -52,7 +52,7 @@ def _counting_captions() -> tuple[tuple[str, tuple], ...]:
 
 def _diagnose_count(caption: str, expected: tuple, got) -> str:
     """The known mistake that turns `expected` into `got` on this caption, or ''."""
-    count, shape, color, size = expected
+    _, shape, color, _ = expected
     if not isinstance(got, tuple) or len(got) != 4:
         return ""
     if isinstance(got[0], str):
@@ -176,14 +176,18 @@ def _judged_prompts() -> tuple[tuple[PromptSpec, tuple[Detection, ...], bool], .
         (PromptSpec("counting", (_thing("circle", "red", count=3),)),
          _scene(("circle", "red", "small", 0.2, 0.2), ("circle", "red", "small", 0.8, 0.2),
                 ("circle", "blue", "small", 0.5, 0.8))),
-        # four green crosses: three is too few, and counting is exact
+        # four green crosses for a prompt of three: one too many fails, counting is exact
         (PromptSpec("counting", (_thing("cross", "green", count=3),)),
          _scene(*[("cross", "green", "small", x, y) for x in (0.25, 0.75) for y in (0.25, 0.75)])),
         # the yellow diamond at the top is large, the prompt asks for a small one
         (PromptSpec("position", (_thing("diamond", "yellow", size="small"),), position="top"),
          _scene(("diamond", "yellow", "large", 0.5, 0.2))),
     ]
-    return tuple((spec, tuple(detect(image)), check(spec, detect(image))[0]) for spec, image in pairs)
+    judged = []
+    for spec, image in pairs:
+        detections = tuple(detect(image))
+        judged.append((spec, detections, check(spec, list(detections))[0]))
+    return tuple(judged)
 
 
 def _thing(shape: str, color: str, size: str | None = None, count: int = 1) -> Thing:
