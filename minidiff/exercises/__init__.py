@@ -1,7 +1,7 @@
 """Automatic checks for the exercises at the end of each chapter.
 
-`minidiff.exercises.ch01` checks `chapters/01-ddpm/exercises.py`, `minidiff.exercises.ch02` checks
-`chapters/02-latent-diffusion/exercises.py`, and so on, one module per chapter. A check calls the learner's
+`minidiff.exercises.ch00` checks `chapters/00-shapes-world/exercises.py`, `minidiff.exercises.ch01` checks
+`chapters/01-ddpm/exercises.py`, and so on, one module per chapter. A check calls the learner's
 function, compares the result with minidiff's own implementation and with closed-form properties of the maths,
 and raises AssertionError (with what was expected, what came back and a hint) when they disagree. What every
 chapter shares lives in `minidiff.exercises.checking`: loading a file by its path, calling the learner's
