@@ -40,7 +40,7 @@ def main() -> None:
     py = sys.executable
     runs = work / "runs"
     commands = [
-        f"{py} {ROOT}/chapters/01-ddpm/solutions.py",
+        f"{py} {ROOT}/instructors/solutions/01-ddpm.py",
         f"{py} -m pytest {ROOT}/tests/test_exercises.py -q -p no:cacheprovider -o addopts=''",
         f"minidiff train ddpm-2d dataset=two_moons --out {runs}/ddpm-2d",
         f"minidiff train ddpm-digits --no-eval --out {runs}/ddpm-digits",

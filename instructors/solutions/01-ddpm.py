@@ -3,7 +3,7 @@
 Each function is written from the paper's equations, not by calling minidiff, so that the checks in
 `minidiff.exercises.ch01` compare two independent implementations. Same signatures as exercises.py.
 
-    python chapters/01-ddpm/solutions.py        # every check passes: exit status 0
+    python instructors/solutions/01-ddpm.py        # every check passes: exit status 0
 
 Papers: DDPM (arXiv:2006.11239), Improved DDPM (arXiv:2102.09672), DDIM (arXiv:2010.02502),
 v-prediction: Salimans & Ho (arXiv:2202.00512). minidiff numbers timesteps t = 0..T-1.

@@ -3,7 +3,7 @@
 Each function is written from the paper's equations, not by calling minidiff, so that the checks in
 `minidiff.exercises.ch02` compare two independent implementations. Same signatures as exercises.py.
 
-    python chapters/02-latent-diffusion/solutions.py        # every check passes: exit status 0
+    python instructors/solutions/02-latent-diffusion.py        # every check passes: exit status 0
 
 Papers: VAE (arXiv:1312.6114), latent diffusion (arXiv:2112.10752), VQGAN (arXiv:2012.09841),
 hinge GAN loss (arXiv:1705.02894).

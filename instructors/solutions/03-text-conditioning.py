@@ -3,7 +3,7 @@
 Each function is written from the paper's equations, not by calling minidiff, so that the checks in
 `minidiff.exercises.ch03` compare two independent implementations. Same signatures as exercises.py.
 
-    python chapters/03-text-conditioning/solutions.py        # every check passes: exit status 0
+    python instructors/solutions/03-text-conditioning.py        # every check passes: exit status 0
 
 Papers: BPE (arXiv:1508.07909), Transformer (arXiv:1706.03762), CLIP (arXiv:2103.00020),
 latent diffusion (arXiv:2112.10752), classifier-free guidance (arXiv:2207.12598).

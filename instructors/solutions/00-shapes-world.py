@@ -4,7 +4,7 @@ Each function is written from the caption grammar and ShapesEval's rules in word
 calling minidiff, so that the checks in `minidiff.exercises.ch00` compare two independent implementations.
 Same signatures as exercises.py.
 
-    python chapters/00-shapes-world/solutions.py        # every check passes: exit status 0
+    python instructors/solutions/00-shapes-world.py        # every check passes: exit status 0
 """
 from __future__ import annotations
 
