@@ -14,7 +14,8 @@ import types
 import pytest
 
 from exercise_paths import CHAPTERS, solutions_path
-from minidiff.exercises.checking import NotImplementedYet, command_line, load_exercise_file
+from minidiff.exercises.checking import (NotImplementedYet, build_along, command_line, is_build_along,
+                                         load_exercise_file)
 
 CHECKERS = {chapter: importlib.import_module(f"minidiff.exercises.{chapter}") for chapter in CHAPTERS}
 SOLUTIONS = {chapter: load_exercise_file(solutions_path(chapter)) for chapter in CHAPTERS}
@@ -141,3 +142,56 @@ def test_check_catches_a_plausible_bug(chapter, name, wrong, message):
                          ids=[f"{chapter}-{right.__name__}" for chapter, _, right in OTHER_CORRECT])
 def test_check_accepts_another_correct_implementation(chapter, name, right):
     CHECKERS[chapter].CHECKS[name](right)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Build-along exercises: the learner's block, step or sampler inside the real model, training or sampler. Each
+# chapter from 1 on has at least two; each has a deliberately broken version (for example a block that returns
+# the right shapes but does not train) in the chapter's BROKEN list, which its check must fail with a message.
+# ---------------------------------------------------------------------------------------------------------
+
+BUILD_ALONG = [(chapter, name) for chapter, name in EXERCISES if is_build_along(CHECKERS[chapter].CHECKS[name])]
+BROKEN = [(chapter, *broken) for chapter, cases in CASES.items() for broken in getattr(cases, "BROKEN", [])]
+
+
+@pytest.mark.parametrize("chapter", [chapter for chapter in CHAPTERS if chapter != "ch00"])
+def test_every_model_chapter_has_two_build_along_exercises(chapter):
+    assert sum(1 for c, _ in BUILD_ALONG if c == chapter) >= 2
+
+
+@pytest.mark.parametrize("chapter, name", BUILD_ALONG, ids=[f"{c}-{n}" for c, n in BUILD_ALONG])
+def test_every_build_along_exercise_has_a_broken_version(chapter, name):
+    assert any(c == chapter and n == name for c, n, _, _ in BROKEN)
+
+
+@pytest.mark.parametrize("chapter, name, broken, message", BROKEN,
+                         ids=[f"{chapter}-{broken.__name__}" for chapter, _, broken, _ in BROKEN])
+def test_build_along_check_fails_a_broken_block(chapter, name, broken, message):
+    with pytest.raises(AssertionError, match=message) as caught:
+        CHECKERS[chapter].CHECKS[name](broken)
+    assert not isinstance(caught.value, NotImplementedYet)
+    assert "Hint:" in str(caught.value)
+
+
+def test_a_build_along_check_remembers_passes_and_not_failures():
+    calls = []
+
+    def check(fn):
+        calls.append(fn)
+        if fn() != 1:
+            raise AssertionError("wrong")
+
+    checked = build_along(check)
+    assert is_build_along(checked) and not is_build_along(check)
+
+    def right():
+        return 1
+
+    def wrong():
+        return 2
+
+    checked(right), checked(right)
+    for _ in range(2):
+        with pytest.raises(AssertionError):
+            checked(wrong)
+    assert calls == [right, wrong, wrong]

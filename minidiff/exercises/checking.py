@@ -24,11 +24,13 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
+import weakref
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
 import torch
+from torch import nn
 
 Check = Callable[[Callable], None]   # check(fn) returns quietly or raises AssertionError
 
@@ -156,6 +158,61 @@ def expect_pair(result, what: str, expected: str = "a pair (two tensors)",
     if not isinstance(result, (tuple, list)) or len(result) != 2:
         raise AssertionError(f"{what}: expected {expected}, got {type(result).__name__}.\n  Hint: {hint}")
     return tuple(result)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Build-along exercises: the learner's block, step or sampler inside minidiff's real model, training or sampler.
+# ---------------------------------------------------------------------------------------------------------
+
+def build_along(check: Check) -> Check:
+    """Mark `check` as a build-along check: one that plugs the learner's code into a real model, training run or
+    sampler and holds it to a floor, so that passing means the learner's code trains or samples.
+
+    Such a check costs seconds (a short training on the CPU), so a pass is remembered for the function or class
+    object that passed, for the life of the process: the report and the tests that grade the same solutions do
+    not train again. A failure is never remembered."""
+    passed: weakref.WeakSet = weakref.WeakSet()
+
+    def checked(fn: Callable) -> None:
+        try:
+            if fn in passed:
+                return
+        except TypeError:          # an object that cannot be weakly referenced: check it every time
+            check(fn)
+            return
+        check(fn)
+        passed.add(fn)
+
+    checked.__name__, checked.__doc__ = check.__name__, check.__doc__
+    checked.__wrapped__ = check
+    checked.build_along = True
+    return checked
+
+
+def is_build_along(check: Check) -> bool:
+    return getattr(check, "build_along", False)
+
+
+def replace_modules(model: nn.Module, kind: type, make: Callable[[nn.Module], nn.Module]) -> int:
+    """Replace every submodule of `model` that is an instance of `kind` with `make(old)`, in place; return how many
+    were replaced. How a build-along check puts the learner's block where minidiff's was: `make` reads the old
+    block's sizes (and may copy its weights) and builds the learner's."""
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, kind):
+                setattr(parent, name, make(child))
+                replaced += 1
+    return replaced
+
+
+def expect_floor(value: float, floor: float, what: str, hint: str, higher_is_better: bool = True) -> None:
+    """Assert that a measured quality (a recognizability, a PSNR, a prompt-following score) clears its floor."""
+    ok = value >= floor if higher_is_better else value <= floor
+    if not ok:
+        side = "at least" if higher_is_better else "at most"
+        raise AssertionError(f"{what}: {value:.4g}, but a working implementation reaches {side} {floor:.4g}.\n"
+                             f"  Hint: {hint}")
 
 
 # ---------------------------------------------------------------------------------------------------------
