@@ -169,7 +169,6 @@ def relation_holds(relation: str, a: tuple[float, float], b: tuple[float, float]
     if along is None:
         raise ValueError(f"unknown relation {relation!r}; the Shapes world has {', '.join(RELATIONS)}")
     return along > RELATION_MARGIN + slack and along > abs(across) + slack
-    raise ValueError(f"unknown relation {relation!r}; the Shapes world has {', '.join(RELATIONS)}")
 
 
 def _separated(a: ShapeObject, b: ShapeObject) -> bool:
