@@ -56,7 +56,7 @@ class Context:
 
 
 class MissingRun(Exception):
-    """A figure needs a trained run that is not there; the message is the command that trains it."""
+    """A figure needs a finished run that is not there: MissingRun(what is wrong, the command that fixes it)."""
 
 
 # ---------------------------------------------------------------------------- small drawing helpers
@@ -131,25 +131,43 @@ def trace_shapes(modules: dict[str, torch.nn.Module], run: Callable[[], object])
 # ---------------------------------------------------------------------------- trained runs
 
 
-def train_command(recipe: str, runs: Path) -> str:
-    return f"minidiff train {recipe} --out {runs / recipe}"
+def train_command(recipe: str, runs: Path, resume: bool = False) -> str:
+    return f"minidiff train {recipe} --out {runs / recipe}" + (" --resume" if resume else "")
+
+
+def run_state(folder: Path, recipe: str) -> tuple[str, str]:
+    """('finished' | 'missing' | 'unfinished' | 'other', what it is in words) for the run folder of a recipe."""
+    from minidiff.training.checkpoint import CHECKPOINT, load_checkpoint
+
+    if not (folder / CHECKPOINT).is_file():
+        return "missing", f"no {recipe} run in {folder}"
+    _, meta = load_checkpoint(folder / CHECKPOINT)
+    config = meta["config"]
+    if config.get("recipe") != recipe:
+        return "other", f"{folder} holds a {config.get('recipe')} run, not {recipe}"
+    if meta["step"] < config["train"]["steps"]:      # an unfinished run would show weak samples as the recipe's
+        return "unfinished", (f"the {recipe} run in {folder} stopped at step {meta['step']} of "
+                              f"{config['train']['steps']}")
+    return "finished", f"the {recipe} run in {folder}"
 
 
 def trained_run(ctx: Context, recipe: str):
-    """(model, sections) of the finished run RUNS/RECIPE; trains it first with --train-missing."""
+    """(model, sections) of the finished run RUNS/RECIPE; with --train-missing, trains (or finishes) it first."""
     from minidiff.recipes import load_run
-    from minidiff.training.checkpoint import CHECKPOINT
 
     folder = ctx.runs / recipe
-    if not (folder / CHECKPOINT).is_file():
+    state, why = run_state(folder, recipe)
+    if state != "finished":
+        command = train_command(recipe, ctx.runs, resume=state == "unfinished")
+        if state == "other":
+            raise MissingRun(why, f"{command}, after moving that run elsewhere")
         if not ctx.train_missing:
-            raise MissingRun(f"{train_command(recipe, ctx.runs)}  (or pass --train-missing)")
-        print(f"  training {recipe}: {train_command(recipe, ctx.runs)}", flush=True)
-        subprocess.run([sys.executable, "-m", "minidiff", "train", recipe, "--out", str(folder)], check=True)
-    model, sections = load_run(folder)
-    if sections.recipe != recipe:
-        raise MissingRun(f"{folder} is a {sections.recipe} run, not {recipe}; {train_command(recipe, ctx.runs)}")
-    return model, sections
+            raise MissingRun(why, command)
+        print(f"{why}: {command}", flush=True)
+        done = subprocess.run([sys.executable, "-m", "minidiff", *command.split()[1:]])
+        if done.returncode != 0:
+            raise ValueError(f"`{command}` stopped with exit status {done.returncode}; its message is above")
+    return load_run(folder)
 
 
 def samples_grid(ctx: Context, recipe: str, n: int = 64, title: str = ""):
@@ -675,7 +693,8 @@ def make(figures: list[Figure], out: Path, ctx: Context) -> dict[str, str]:
         try:
             fig = figure.draw(ctx)
         except MissingRun as missing:
-            results[str(path)] = f"skipped: no {figure.recipe} run; train it with `{missing}`"
+            why, command = missing.args
+            results[str(path)] = f"skipped: {why}; train it with `{command}` (or pass --train-missing)"
             print(f"{path}: {results[str(path)]}", flush=True)
             continue
         save(fig, path)
@@ -701,8 +720,13 @@ def main(argv: list[str] | None = None) -> int:
     figures = [f for f in FIGURES if (not args.chapter or int(f.chapter[:2]) in args.chapter)
                and not (args.no_runs and f.recipe)]
     start = time.perf_counter()
-    make(figures, args.out, Context(args.runs, args.train_missing))
-    print(f"{len(figures)} figures in {time.perf_counter() - start:.1f} s", flush=True)
+    try:
+        results = make(figures, args.out, Context(args.runs, args.train_missing))
+    except ValueError as e:                        # minidiff's one-line errors (a corrupt run, a failed training)
+        print(f"make_figures: error: {e}", file=sys.stderr)
+        return 2
+    written = sum(r == "written" for r in results.values())
+    print(f"{written} of {len(figures)} figures written in {time.perf_counter() - start:.1f} s", flush=True)
     return 0
 
 
