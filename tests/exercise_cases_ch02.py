@@ -1,11 +1,15 @@
 """Chapter 2's exercise cases for tests/test_exercises.py: the autoencoder of latent diffusion.
 
 WRONG lists (exercise, plausible but wrong implementation, a phrase the failure message must contain);
-RIGHT (optional) lists other correct implementations the checks must accept.
+RIGHT (optional) lists other correct implementations the checks must accept; BROKEN lists, for the build-along
+exercises, deliberately broken versions that pass the quick unit comparisons (or fail them on purpose) and that the
+check must fail in training: a block whose output is right but that stops gradients, a loss whose value is right
+but that trains nothing.
 """
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from minidiff.exercises.checking import load_exercise_file
 from exercise_paths import solutions_path
@@ -135,6 +139,100 @@ def psnr_without_floor(x, x_hat):
     return 10 * torch.log10(4 / mse)
 
 
+class ResBlockWithReLU(solutions_ch02.ResBlock):
+    def forward(self, x):
+        h = self.conv2(F.relu(self.norm2(self.conv1(F.relu(self.norm1(x))))))
+        return (x if self.conv_shortcut is None else self.conv_shortcut(x)) + h
+
+
+class ResBlockWithoutResidual(solutions_ch02.ResBlock):
+    def forward(self, x):
+        return self.conv2(F.silu(self.norm2(self.conv1(F.silu(self.norm1(x))))))
+
+
+class ResBlockWithOwnNames(nn.Module):
+    """Right computation, other names (skip, and the layers in a Sequential): minidiff's weights cannot be copied."""
+
+    def __init__(self, in_channels, out_channels, groups=32, eps=1e-6):
+        super().__init__()
+        self.main = nn.Sequential(nn.GroupNorm(groups, in_channels, eps=eps), nn.SiLU(),
+                                  nn.Conv2d(in_channels, out_channels, 3, padding=1),
+                                  nn.GroupNorm(groups, out_channels, eps=eps), nn.SiLU(),
+                                  nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x):
+        return self.skip(x) + self.main(x)
+
+
+class ResBlockInputDetached(solutions_ch02.ResBlock):
+    """Right values everywhere, but no gradient flows back through the block's input: only the last block and the
+    layers after it learn, and the encoder not at all."""
+
+    def forward(self, x):
+        return super().forward(x.detach())
+
+
+class ResBlockMainBranchDetached(solutions_ch02.ResBlock):
+    """Right values everywhere, but the main branch never learns (the shortcut and the other layers still do)."""
+
+    def forward(self, x):
+        h = self.conv2(F.silu(self.norm2(self.conv1(F.silu(self.norm1(x))))))
+        return (x if self.conv_shortcut is None else self.conv_shortcut(x)) + h.detach()
+
+
+def _posterior_of(model, x):
+    moments = model.encoder(x)
+    if model.quant_conv is not None:
+        moments = model.quant_conv(moments)
+    mean, logvar = moments.chunk(2, dim=1)
+    return mean, logvar.clamp(-30.0, 20.0)
+
+
+def vae_loss_squared_error(model, x, eps, kl_weight=1e-6):
+    mean, logvar = _posterior_of(model, x)
+    x_hat = model.decode(solutions_ch02.reparameterize(mean, logvar, eps))
+    return (x - x_hat).pow(2).mean() + kl_weight * solutions_ch02.gaussian_kl(mean, logvar).mean() / x[0].numel()
+
+
+def vae_loss_kl_not_per_pixel(model, x, eps, kl_weight=1e-6):
+    mean, logvar = _posterior_of(model, x)
+    x_hat = model.decode(solutions_ch02.reparameterize(mean, logvar, eps))
+    return (x - x_hat).abs().mean() + kl_weight * solutions_ch02.gaussian_kl(mean, logvar).mean()
+
+
+def vae_loss_posterior_mean(model, x, eps, kl_weight=1e-6):
+    mean, logvar = _posterior_of(model, x)
+    x_hat = model.decode(mean)
+    return (x - x_hat).abs().mean() + kl_weight * solutions_ch02.gaussian_kl(mean, logvar).mean() / x[0].numel()
+
+
+def vae_loss_kl_summed_over_batch(model, x, eps, kl_weight=1e-6):
+    mean, logvar = _posterior_of(model, x)
+    x_hat = model.decode(solutions_ch02.reparameterize(mean, logvar, eps))
+    return (x - x_hat).abs().mean() + kl_weight * solutions_ch02.gaussian_kl(mean, logvar).sum() / x[0].numel()
+
+
+def vae_loss_as_float(model, x, eps, kl_weight=1e-6):
+    return solutions_ch02.vae_training_loss(model, x, eps, kl_weight).item()
+
+
+def vae_loss_reconstruction_detached(model, x, eps, kl_weight=1e-6):
+    """The right value, but the reconstruction term sends no gradient: only the KL trains (the encoder, towards the
+    prior) and the decoder never learns."""
+    mean, logvar = _posterior_of(model, x)
+    x_hat = model.decode(solutions_ch02.reparameterize(mean, logvar, eps)).detach()
+    return (x - x_hat).abs().mean() + kl_weight * solutions_ch02.gaussian_kl(mean, logvar).mean() / x[0].numel()
+
+
+def vae_loss_kl_detached(model, x, eps, kl_weight=1e-6):
+    """The right value, but the KL term sends no gradient: the posterior drifts away from the prior."""
+    mean, logvar = _posterior_of(model, x)
+    x_hat = model.decode(solutions_ch02.reparameterize(mean, logvar, eps))
+    kl = solutions_ch02.gaussian_kl(mean.detach(), logvar.detach())
+    return (x - x_hat).abs().mean() + kl_weight * kl.mean() / x[0].numel()
+
+
 WRONG = [
     ("reparameterize", reparameterize_variance_as_std, "the variance, as the standard deviation"),
     ("reparameterize", reparameterize_without_clamp, "forget to clamp logvar"),
@@ -162,4 +260,21 @@ WRONG = [
     ("psnr", psnr_without_clamp, "forget to clamp"),
     ("psnr", psnr_twenty_log, "20 log10"),
     ("psnr", psnr_without_floor, "NaN or inf"),
+    ("ResBlock", ResBlockWithReLU, "use ReLU where SiLU belongs"),
+    ("ResBlock", ResBlockWithoutResidual, "leave out the residual connection"),
+    ("ResBlock", ResBlockWithOwnNames, "parameter names or shapes differ"),
+    ("vae_training_loss", vae_loss_squared_error, "squared error"),
+    ("vae_training_loss", vae_loss_kl_not_per_pixel, "forget to divide the KL"),
+    ("vae_training_loss", vae_loss_posterior_mean, "decode the posterior mean"),
+    ("vae_training_loss", vae_loss_kl_summed_over_batch, "sum the KL over the batch"),
+    ("vae_training_loss", vae_loss_as_float, "expected a torch.Tensor"),
+]
+
+# Each passes the unit comparisons and fails in training, except the one with its own names, which fails at once.
+BROKEN = [
+    ("ResBlock", ResBlockInputDetached, "reconstruction PSNR"),
+    ("ResBlock", ResBlockMainBranchDetached, "some weights did not learn"),
+    ("ResBlock", ResBlockWithOwnNames, "cannot be copied"),
+    ("vae_training_loss", vae_loss_reconstruction_detached, "the loss did not fall"),
+    ("vae_training_loss", vae_loss_kl_detached, "the KL term did not pull"),
 ]

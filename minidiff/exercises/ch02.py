@@ -15,22 +15,40 @@ the learner's function and compare tensors are minidiff.exercises.checking's.
 | `hinge_discriminator_loss` | Lim & Ye (arXiv:1705.02894), as in VQGAN    | `hinge_discriminator_loss`  |
 | `adaptive_weight`          | VQGAN (arXiv:2012.09841) eq. 7              | `adaptive_weight`           |
 | `psnr`                     | 10 log10(peak^2 / MSE), pixels in [-1, 1]   | `psnr`                      |
+| `ResBlock` (build-along)   | pre-activation ResNet (arXiv:1603.05027)    | `minidiff.blocks.ResBlock`  |
+| `vae_training_loss` (b.-a.)| LDM sec. 3.1, app. G; VAE sec. 3            | `autoencoder_loss`          |
 
-The first three references live in `minidiff.models.autoencoder`, the last three in `minidiff.training.autoencoder`.
+The first three references live in `minidiff.models.autoencoder`, the next three in `minidiff.training.autoencoder`.
+
+Exercises 7 and 8 are build-along (`checking.build_along`): after quick unit comparisons (shapes, names, values
+with minidiff's weights copied in), the check puts the learner's code into minidiff's real autoencoder and trains
+it with minidiff's loop for 100 steps on Shapes scenes (minidiff.exercises.buildalong_autoencoder), then holds the
+result to floors: the loss falls, the held-out reconstruction PSNR clears a floor, and (exercise 7) every block of
+the learner's learnt or (exercise 8) the posterior stays near the prior. A docstring in the learner's file says
+what to compute; the formula is in the hint of a failure.
 """
 from __future__ import annotations
 
+import copy
+import functools
+import hashlib
 import math
+import sys
+from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from minidiff.exercises.checking import (Check, call, command_line, expect_close, expect_float, expect_pair,
-                                          preview, report)
-from minidiff.models.autoencoder import LOGVAR_RANGE, DiagonalGaussian, fit_latent_scaling
-from minidiff.training.autoencoder import ADAPTIVE_WEIGHT_MAX, adaptive_weight, hinge_discriminator_loss, psnr
+from minidiff.blocks import ResBlock
+from minidiff.exercises import buildalong_autoencoder as run
+from minidiff.exercises.checking import (Check, build_along, call, command_line, expect_close, expect_float,
+                                          expect_floor, expect_pair, preview, replace_modules, report)
+from minidiff.models.autoencoder import LOGVAR_RANGE, Autoencoder, DiagonalGaussian, fit_latent_scaling
+from minidiff.training.autoencoder import (ADAPTIVE_WEIGHT_MAX, AutoencoderLossConfig, AutoencoderObjective,
+                                           adaptive_weight, hinge_discriminator_loss, pixel_loss, psnr)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -307,6 +325,334 @@ def check_psnr(fn: Callable) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Build-along exercises 7 and 8: the learner's residual block and training loss inside a real autoencoder.
+# ---------------------------------------------------------------------------------------------------------
+
+# Floors and bands, measured with buildalong_autoencoder's run (100 steps) at seeds 0, 1, 2 (the check uses 0):
+# exercise 7 (L2 pixel loss): the reference block reaches 19.81 / 19.92 / 19.85 dB, a block that detaches its
+#   input 15.56 / 15.43 dB; a decoder that outputs black scores 15.17 dB on these scenes.
+# exercise 8 (L1, kl_weight 0.05): the reference loss reaches 17.90 / 18.27 / 17.88 dB with 0.21 / 0.20 / 0.21
+#   nats of KL per latent element; with the KL term detached (so it regularises nothing) 2.26 / 4.02 nats;
+#   with the reconstruction detached the decoder never learns (6.6 dB) and the loss does not fall.
+RESBLOCK_PSNR_FLOOR = 17.5      # dB on 64 held-out scenes
+VAE_PSNR_FLOOR = 16.5           # dB
+VAE_KL_WEIGHT = 0.05            # LDM's is 1e-6; 0.05 lets the KL shape the posterior within 100 steps
+KL_PER_ELEMENT_BAND = (0.02, 0.8)   # nats per latent element after training: near the prior, yet informative
+LOSS_FALL = 0.5                 # the mean loss of the last 10 steps must be below this share of the first 10's
+
+HINT_RESBLOCK = ("h = conv1(SiLU(norm1(x))); h = conv2(SiLU(norm2(h))); return shortcut + h, where shortcut is "
+                 "conv_shortcut(x) when in_channels != out_channels and x itself otherwise. norm1 = GroupNorm(groups, "
+                 "in_channels, eps=eps), conv1 = Conv2d(in_channels, out_channels, 3, padding=1), norm2 = "
+                 "GroupNorm(groups, out_channels, eps=eps), conv2 = Conv2d(out_channels, out_channels, 3, padding=1), "
+                 "conv_shortcut = Conv2d(in_channels, out_channels, 1) or None.")
+HINT_VAE = ("moments = model.encoder(x), then model.quant_conv(moments) if it is not None; mean, logvar = "
+            "moments.chunk(2, dim=1); logvar = logvar.clamp(*LOGVAR_RANGE); z = reparameterize(mean, logvar, eps); "
+            "x_hat = model.decode(z); loss = (x - x_hat).abs().mean() + kl_weight * gaussian_kl(mean, logvar).mean() "
+            "/ x[0].numel()   (x[0].numel() = C * H * W).")
+HINT_NO_GRADIENT = ("something in your code stops the gradient: a .detach(), .data, .item(), torch.no_grad() or a "
+                    "tensor rebuilt with torch.tensor(...) on the way from the weights to the loss.")
+
+_passed_files: set[tuple[str, str, str]] = set()
+
+
+def remembered_by_file(check: Check) -> Check:
+    """A pass also holds for the same exercise of an identical file loaded again in this process (the command line
+    loads a file afresh, and build_along remembers passes per object only). The key is the file's path, a hash of
+    its whole text and the exercise's name: the same text gives the same seeded training. Only functions and
+    classes defined at the top level of a file are remembered this way."""
+    def key(fn: Callable) -> tuple[str, str, str] | None:
+        name = getattr(fn, "__qualname__", None)
+        if isinstance(fn, type):        # a class: its module's file (every load of one file has the same path)
+            path = getattr(sys.modules.get(fn.__module__), "__file__", None)
+        else:                           # a function: the file whose globals it reads
+            path = getattr(fn, "__globals__", {}).get("__file__")
+        if name is None or "<" in name or "." in name or path is None or not Path(path).is_file():
+            return None
+        return str(Path(path).resolve()), hashlib.sha256(Path(path).read_bytes()).hexdigest(), name
+
+    @functools.wraps(check)
+    def checked(fn: Callable) -> None:
+        fn_key = key(fn)
+        if fn_key is not None and fn_key in _passed_files:
+            return
+        check(fn)
+        if fn_key is not None:
+            _passed_files.add(fn_key)
+    return checked
+
+
+def _train(model: nn.Module, objective, what: str) -> tuple[nn.Module, list[float]]:
+    """run.train_briefly, with whatever the learner's code raises in training turned into a failure message."""
+    try:
+        model, losses, _ = run.train_briefly(model, objective, what)
+    except (NotImplementedError, AssertionError):
+        raise
+    except Exception as e:                  # a NaN loss (minidiff's TrainingError), or an error in backward
+        raise AssertionError(f"training {what}: stopped at an error: {type(e).__name__}: {str(e).splitlines()[0]}\n"
+                             f"  Hint: the unit comparisons passed, so look at what differs in training: the "
+                             f"backward pass, and inputs of other sizes. {HINT_NO_GRADIENT}") from None
+    return model, losses
+
+
+def _expect_loss_fell(losses: list[float], what: str, hint: str) -> None:
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    if not last < LOSS_FALL * first:
+        raise AssertionError(f"training {what}: the loss did not fall: {first:.4f} over the first 10 steps, "
+                             f"{last:.4f} over the last 10 (a working implementation ends below {LOSS_FALL:g} times "
+                             f"the start).\n  Hint: {hint}")
+
+
+def _expect_floor(value: float, floor: float, what: str, hint: str, diagnosis: str = "") -> None:
+    """checking.expect_floor, with what the run showed (`diagnosis`, whole lines) between the numbers and the hint."""
+    try:
+        expect_floor(value, floor, what, hint)
+    except AssertionError as e:
+        first, _, rest = str(e).partition("\n")
+        raise AssertionError(f"{first}\n{diagnosis}{rest}") from None
+
+
+# Exercise 7: the residual block.
+
+class _NoTimestep(nn.Module):
+    """Seats a learner's block where minidiff's ResBlock was: minidiff's mid block also passes it temb=None."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
+        return self.block(x)
+
+
+def _reference_block(in_channels: int, out_channels: int, groups: int, seed: int) -> ResBlock:
+    """minidiff's ResBlock without a timestep, every weight moved off its initial value (GroupNorm's scale 1 and
+    shift 0 would hide a missing or misplaced normalisation)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        block = ResBlock(in_channels, out_channels, None, groups)
+        with torch.no_grad():
+            for parameter in block.parameters():
+                parameter.add_(0.3 * torch.randn(parameter.shape))
+    return block
+
+
+def _make_block(cls: type, in_channels: int, out_channels: int, groups: int, eps: float = 1e-6) -> nn.Module:
+    block = call(cls, in_channels, out_channels, groups, eps,
+                 hint="ResBlock(in_channels, out_channels, groups, eps) creates the layers in __init__ (after "
+                      "super().__init__()) and computes nothing yet.")
+    if not isinstance(block, nn.Module):
+        raise AssertionError(f"ResBlock({in_channels}, {out_channels}, {groups}, {eps}) is a "
+                             f"{type(block).__name__}, not a torch.nn.Module.\n  Hint: write `class ResBlock"
+                             f"(nn.Module)` and call super().__init__() first in __init__.")
+    return block
+
+
+def _copy_weights(block: nn.Module, reference: nn.Module, where: str) -> None:
+    """Load the reference's weights into the learner's block, or say which names or shapes differ."""
+    expected = {name: tuple(t.shape) for name, t in reference.state_dict().items()}
+    got = {name: tuple(t.shape) for name, t in block.state_dict().items()}
+    if got != expected:
+        missing = [f"{name} {shape}" for name, shape in expected.items() if name not in got]
+        unexpected = [f"{name} {shape}" for name, shape in got.items() if name not in expected]
+        wrong = [f"{name}: expected {shape}, got {got[name]}" for name, shape in expected.items()
+                 if name in got and got[name] != shape]
+        details = "".join(f"  {label}: {', '.join(items)}\n" for label, items in
+                          (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if items)
+        raise AssertionError(f"{where}: the parameter names or shapes differ from minidiff's ResBlock, so its "
+                             f"weights cannot be copied into yours.\n{details}"
+                             f"  Hint: name the layers norm1, conv1, norm2, conv2 and conv_shortcut (None when the "
+                             f"channels do not change), as attributes of the block. {HINT_RESBLOCK}")
+    block.load_state_dict(reference.state_dict())
+
+
+def _block_mistakes(reference: ResBlock, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What plausible mistakes give, computed with the reference's layers."""
+    r = reference
+    shortcut = x if r.conv_shortcut is None else r.conv_shortcut(x)
+    h = r.conv1(F.silu(r.norm1(x)))
+    main = r.conv2(F.silu(r.norm2(h)))
+    relu_main = r.conv2(F.relu(r.norm2(r.conv1(F.relu(r.norm1(x))))))
+    silu_after_conv = F.silu(r.conv2(r.norm2(F.silu(r.conv1(r.norm1(x))))))      # norm, conv, SiLU
+    return {"leave out the residual connection (return the main branch alone)": main,
+            "use ReLU where SiLU belongs": shortcut + relu_main,
+            "apply SiLU after the convolutions instead of between normalisation and convolution":
+            shortcut + silu_after_conv,
+            "leave out the second normalisation": shortcut + r.conv2(F.silu(h)),
+            "leave out the activations": shortcut + r.conv2(r.norm2(r.conv1(r.norm1(x))))}
+
+
+def _frozen_weights(model: nn.Module, initial: dict[str, torch.Tensor]) -> dict[str, list[str]]:
+    """{learner block's name: its weights that training left exactly where they started}, for blocks that have any.
+    A weight that no gradient reaches never moves under AdamW; every weight of a working block does."""
+    parameters, frozen = dict(model.named_parameters()), {}
+    for name, start in initial.items():
+        if torch.equal(parameters[name].detach(), start):
+            block, _, weight = name.partition(".block.")
+            frozen.setdefault(block, []).append(weight)
+    return frozen
+
+
+def _list(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+@build_along
+@remembered_by_file
+def check_ResBlock(cls: type) -> None:
+    """cls(in_channels, out_channels, groups, eps): (B, C_in, H, W) -> (B, C_out, H, W), conv2(SiLU(norm2(conv1(
+    SiLU(norm1(x)))))) + shortcut(x). Unit comparisons with minidiff's ResBlock on copied weights; then every ResBlock
+    of a tiny autoencoder replaced by the learner's, trained 100 steps: held-out PSNR >= RESBLOCK_PSNR_FLOOR, every
+    learner block learnt."""
+    g = torch.Generator().manual_seed(41)
+    for seed, (c_in, c_out) in enumerate([(8, 16), (16, 16)], start=42):
+        where = f"ResBlock({c_in}, {c_out}, groups=4)"
+        block = _make_block(cls, c_in, c_out, 4)
+        reference = _reference_block(c_in, c_out, 4, seed)
+        _copy_weights(block, reference, where)
+        x = torch.randn(2, c_in, 6, 6, generator=g)                                   # (B, C_in, H, W)
+        with torch.no_grad():
+            got = call(block.forward, x, hint="for in_channels != out_channels the input must go through "
+                                                "conv_shortcut before it is added. " + HINT_RESBLOCK)
+            expected, mistakes = reference(x), _block_mistakes(reference, x)
+        expect_close(got, expected, f"{where} on x of shape {tuple(x.shape)}, minidiff's weights copied in",
+                     HINT_RESBLOCK, mistakes=mistakes)
+
+    # The whole autoencoder with every residual block replaced by the learner's, on the same weights.
+    reference_model = run.tiny_autoencoder(seed=0)
+    model = copy.deepcopy(reference_model)
+
+    def seat(old: ResBlock) -> nn.Module:
+        block = _make_block(cls, old.norm1.num_channels, old.conv1.out_channels, old.norm1.num_groups, old.norm1.eps)
+        _copy_weights(block, old, f"ResBlock({old.norm1.num_channels}, {old.conv1.out_channels})")
+        return _NoTimestep(block)
+
+    count = replace_modules(model, ResBlock, seat)
+    images = run.shapes_images("validation")                                           # (64, 3, 16, 16)
+    with torch.no_grad():
+        got = call(lambda x: model(x, sample_posterior=False)[0], images[:8], hint=HINT_RESBLOCK)
+        expected = reference_model(images[:8], sample_posterior=False)[0]
+    expect_close(got, expected, f"a tiny autoencoder with its {count} residual blocks replaced by yours (minidiff's "
+                 f"weights copied in), reconstructing 8 Shapes scenes", HINT_RESBLOCK, atol=1e-4)
+
+    # Training: your blocks must learn, and the autoencoder with them must reconstruct held-out scenes.
+    initial = {name: p.detach().clone() for name, p in model.named_parameters() if ".block." in name}
+    objective = AutoencoderObjective(AutoencoderLossConfig(pixel_loss="l2", perceptual_weight=0.0, disc_weight=0.0))
+    what = f"a tiny autoencoder built with your ResBlock ({count} blocks)"
+    model, losses = _train(model, objective, what)
+    _expect_loss_fell(losses, what, HINT_RESBLOCK)
+    value = run.reconstruction_psnr(model, images)
+    print(f"      held-out reconstruction PSNR: {value:.2f} dB (floor {RESBLOCK_PSNR_FLOOR:g})", flush=True)
+    frozen = _frozen_weights(model, initial)
+    example = next(iter(frozen), None)
+    diagnosis = (f"  In {len(frozen)} of your {count} blocks, weights ended training exactly where they started, so "
+                 f"no gradient reached them (in {example}: {_list(frozen[example])}).\n" if frozen else "")
+    _expect_floor(value, RESBLOCK_PSNR_FLOOR, f"training {what}: reconstruction PSNR (dB) of 64 held-out scenes",
+                  (HINT_NO_GRADIENT + " " if frozen else "") + HINT_RESBLOCK, diagnosis)
+    if frozen:
+        raise AssertionError(f"training {what}: in {len(frozen)} of your {count} blocks some weights did not learn: "
+                             f"they ended training exactly where they started (in {example}: "
+                             f"{_list(frozen[example])}). The autoencoder still reached {value:.2f} dB through its "
+                             f"other layers.\n  Hint: {HINT_NO_GRADIENT} A block's output can be right while part of "
+                             f"it is cut off from the loss.")
+
+
+# Exercise 8: the training loss.
+
+def _reference_vae_loss(model: Autoencoder, x: torch.Tensor, eps: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The terms of minidiff's autoencoder loss (without perceptual and GAN terms) for given noise, and the pieces
+    that plausible mistakes use."""
+    posterior = model.encode(x)                                                   # q(z | x), (B, L, h, w)
+    z = posterior.mean + posterior.std * eps                                      # (B, L, h, w)
+    x_hat = model.decode(z)                                                       # (B, C, H, W)
+    skipped_quant = DiagonalGaussian(model.encoder(x))
+    return {"rec": pixel_loss(x, x_hat, "l1"), "kl": posterior.kl(),             # 0-d, (B,)
+            "rec_l2": pixel_loss(x, x_hat, "l2"), "rec_sum": (x - x_hat).abs().sum(),
+            "rec_mode": pixel_loss(x, model.decode(posterior.mean), "l1"),
+            "rec_no_quant": pixel_loss(x, model.decode(skipped_quant.mean + skipped_quant.std * eps), "l1"),
+            "pixels": torch.tensor(float(x[0].numel())), "elements": torch.tensor(float(posterior.mean[0].numel()))}
+
+
+class _LearnerLoss:
+    """An objective for minidiff's loop whose loss is the learner's vae_training_loss, with the noise drawn from the
+    step's generator; Adam's betas are the autoencoder's (LDM/VQGAN's (0.5, 0.9))."""
+    betas = AutoencoderObjective.betas
+
+    def __init__(self, fn: Callable, kl_weight: float):
+        self.fn, self.kl_weight = fn, kl_weight
+
+    def loss(self, model: Autoencoder, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        c = model.config
+        eps = torch.randn(x.shape[0], c.latent_channels, x.shape[2] // c.factor, x.shape[3] // c.factor,
+                          generator=generator)                                    # (B, L, h, w)
+        return call(self.fn, model, x, eps, self.kl_weight, hint=HINT_VAE)
+
+
+@build_along
+@remembered_by_file
+def check_vae_training_loss(fn: Callable) -> None:
+    """fn(model, x, eps, kl_weight) -> mean |x - x_hat| + kl_weight * mean_B KL / (C H W), z = mean + sigma eps.
+    Unit comparisons with minidiff's autoencoder_loss terms; then a tiny autoencoder trained 100 steps with fn
+    (kl_weight VAE_KL_WEIGHT): the loss falls, held-out PSNR >= VAE_PSNR_FLOOR, KL per latent element in band."""
+    model = run.tiny_autoencoder(seed=3)
+    x = run.shapes_images("validation")[:8]                                       # (8, 3, 16, 16)
+    c = model.config
+    eps = torch.randn(8, c.latent_channels, 16 // c.factor, 16 // c.factor,
+                      generator=torch.Generator().manual_seed(43))                # (B, L, h, w)
+    with torch.no_grad():
+        ref = _reference_vae_loss(model, x, eps)
+    where = f"vae_training_loss on a tiny autoencoder, x of shape {tuple(x.shape)}, eps of shape {tuple(eps.shape)}"
+
+    got = call(fn, model, x, eps, 0.0, hint=HINT_VAE)
+    expect_close(got, ref["rec"], f"{where}, kl_weight = 0 (the reconstruction term alone)", HINT_VAE, rtol=1e-4,
+                 mistakes={"use the squared error (L2) where LDM's is the absolute error (L1)": ref["rec_l2"],
+                           "sum the absolute error instead of averaging it": ref["rec_sum"],
+                           "decode the posterior mean instead of the sample z (the noise eps unused)":
+                           ref["rec_mode"],
+                           "skip model.quant_conv between the encoder and the split": ref["rec_no_quant"]})
+    if not got.requires_grad:
+        raise AssertionError(f"{where}: the loss does not require grad, so training could not backpropagate "
+                             f"through it.\n  Hint: return a tensor computed from the model's outputs (not .item() "
+                             f"or a float). {HINT_NO_GRADIENT}")
+
+    weight = 1.0
+    kl = ref["kl"]                                                                # (B,)
+    expect_close(call(fn, model, x, eps, weight, hint=HINT_VAE), ref["rec"] + weight * kl.mean() / ref["pixels"],
+                 f"{where}, kl_weight = {weight:g}", HINT_VAE, rtol=1e-4,
+                 mistakes={"forget to divide the KL by the number of values in one image (C * H * W)":
+                           ref["rec"] + weight * kl.mean(),
+                           "divide the KL by the number of latent elements (L * h * w) instead of the image's values":
+                           ref["rec"] + weight * kl.mean() / ref["elements"],
+                           "sum the KL over the batch instead of averaging it":
+                           ref["rec"] + weight * kl.sum() / ref["pixels"],
+                           "subtract the KL term instead of adding it": ref["rec"] - weight * kl.mean() / ref["pixels"],
+                           "leave out kl_weight": ref["rec"] + kl.mean() / ref["pixels"]})
+
+    # Training with the learner's loss: the reconstruction must improve, the posterior stay near the prior.
+    what = f"a tiny autoencoder with your vae_training_loss (kl_weight {VAE_KL_WEIGHT:g})"
+    model, losses = _train(run.tiny_autoencoder(seed=0), _LearnerLoss(fn, VAE_KL_WEIGHT), what)
+    _expect_loss_fell(losses, what, "the unit comparisons passed, so the loss has the right value but does not "
+                                    "train the autoencoder: " + HINT_NO_GRADIENT + " " + HINT_VAE)
+    value = run.reconstruction_psnr(model, run.shapes_images("validation"))
+    statistics = run.posterior_statistics(model, run.shapes_images("validation"))
+    kl_per_element = statistics["kl_per_element"]
+    print(f"      held-out reconstruction PSNR: {value:.2f} dB (floor {VAE_PSNR_FLOOR:g}); KL per latent element "
+          f"{kl_per_element:.3f} nats (band {KL_PER_ELEMENT_BAND[0]:g} to {KL_PER_ELEMENT_BAND[1]:g}); posterior "
+          f"sigma {statistics['sigma']:.3f}", flush=True)
+    _expect_floor(value, VAE_PSNR_FLOOR, f"training {what}: reconstruction PSNR (dB) of 64 held-out scenes",
+                  "the reconstruction term trains the encoder and decoder: it must be computed from model.decode(z) "
+                  "with z from your reparameterize. " + HINT_VAE)
+    low, high = KL_PER_ELEMENT_BAND
+    if not low <= kl_per_element <= high:
+        side = (f"above {high:g}: the KL term did not pull the posterior towards N(0, I)" if kl_per_element > high else
+                f"below {low:g}: the posterior has collapsed onto the prior and carries little about the image")
+        raise AssertionError(f"training {what}: the KL from the posterior to the prior, per latent element, is "
+                             f"{kl_per_element:.3f} nats, {side} (posterior sigma {statistics['sigma']:.3f}, mean "
+                             f"RMS {statistics['mean_rms']:.3f}; a working loss ends near 0.2).\n"
+                             f"  Hint: the KL term must reach the encoder: compute it from the mean and logvar the "
+                             f"encoder gave, with gradients. {HINT_VAE}")
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Running every check.
 # ---------------------------------------------------------------------------------------------------------
 
@@ -318,6 +664,8 @@ CHECKS: dict[str, Check] = {
     "hinge_discriminator_loss": check_hinge_discriminator_loss,
     "adaptive_weight": check_adaptive_weight,
     "psnr": check_psnr,
+    "ResBlock": check_ResBlock,
+    "vae_training_loss": check_vae_training_loss,
 }
 EXERCISES = tuple(CHECKS)
 
