@@ -233,6 +233,41 @@ def vae_loss_kl_detached(model, x, eps, kl_weight=1e-6):
     return (x - x_hat).abs().mean() + kl_weight * kl.mean() / x[0].numel()
 
 
+class ResBlockSpelledOut(nn.Module):
+    """Right, spelled differently: SiLU as x * sigmoid(x), the shortcut applied in place of x, h + x."""
+
+    def __init__(self, in_channels, out_channels, groups=32, eps=1e-6):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
+        self.conv_shortcut = None
+        if in_channels != out_channels:
+            self.conv_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1)
+
+    def forward(self, x):
+        h = self.norm1(x)
+        h = self.conv1(h * torch.sigmoid(h))
+        h = self.norm2(h)
+        h = self.conv2(h * torch.sigmoid(h))
+        if self.conv_shortcut is not None:
+            x = self.conv_shortcut(x)
+        return h + x
+
+
+def vae_loss_spelled_out(model, x, eps, kl_weight=1e-6):
+    """Right, without exercises 1 and 2: slices for the split, F.l1_loss, the KL written inline."""
+    moments = model.encoder(x)
+    if model.quant_conv is not None:
+        moments = model.quant_conv(moments)
+    latent_channels = moments.shape[1] // 2
+    mean, logvar = moments[:, :latent_channels], torch.clamp(moments[:, latent_channels:], -30.0, 20.0)
+    x_hat = model.decode(mean + torch.exp(logvar / 2) * eps)
+    kl = 0.5 * torch.sum(mean.pow(2) + torch.exp(logvar) - 1.0 - logvar, dim=[1, 2, 3])
+    return F.l1_loss(x_hat, x) + kl_weight * kl.mean() / (x.shape[1] * x.shape[2] * x.shape[3])
+
+
 WRONG = [
     ("reparameterize", reparameterize_variance_as_std, "the variance, as the standard deviation"),
     ("reparameterize", reparameterize_without_clamp, "forget to clamp logvar"),
@@ -268,6 +303,11 @@ WRONG = [
     ("vae_training_loss", vae_loss_posterior_mean, "decode the posterior mean"),
     ("vae_training_loss", vae_loss_kl_summed_over_batch, "sum the KL over the batch"),
     ("vae_training_loss", vae_loss_as_float, "expected a torch.Tensor"),
+]
+
+RIGHT = [
+    ("ResBlock", ResBlockSpelledOut),
+    ("vae_training_loss", vae_loss_spelled_out),
 ]
 
 # Each passes the unit comparisons and fails in training, except the one with its own names, which fails at once.
