@@ -195,3 +195,15 @@ def test_a_build_along_check_remembers_passes_and_not_failures():
         with pytest.raises(AssertionError):
             checked(wrong)
     assert calls == [right, wrong, wrong]
+
+
+def test_a_build_along_pass_holds_for_the_same_file_loaded_again_and_not_for_an_edited_one(tmp_path):
+    calls = []
+    checked = build_along(lambda fn: calls.append(fn()))
+    path = tmp_path / "exercises.py"
+    path.write_text("def answer():\n    return 1\n")
+    checked(load_exercise_file(path).answer)
+    checked(load_exercise_file(path).answer)          # the command line loads the file afresh: not checked again
+    path.write_text("def answer():\n    return 2\n")
+    checked(load_exercise_file(path).answer)          # an edited file is checked again
+    assert calls == [1, 2]

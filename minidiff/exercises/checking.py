@@ -21,6 +21,8 @@ A report prints the first line of each failure next to the exercise's name, then
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
 import math
 import sys
@@ -164,27 +166,57 @@ def expect_pair(result, what: str, expected: str = "a pair (two tensors)",
 # Build-along exercises: the learner's block, step or sampler inside minidiff's real model, training or sampler.
 # ---------------------------------------------------------------------------------------------------------
 
+def _file_key(fn: Callable) -> tuple[str, str, str] | None:
+    """(path, hash of the file's text, name) for a function or class defined at the top level of a file, else None.
+    The same text gives the same seeded training, whichever load of the file the object comes from."""
+    name = getattr(fn, "__qualname__", None)
+    if isinstance(fn, type):        # a class: its module's file (every load of one file has the same path)
+        path = getattr(sys.modules.get(fn.__module__), "__file__", None)
+    else:                           # a function: the file whose globals it reads
+        path = getattr(fn, "__globals__", {}).get("__file__")
+    if name is None or "<" in name or "." in name or path is None or not Path(path).is_file():
+        return None
+    return str(Path(path).resolve()), hashlib.sha256(Path(path).read_bytes()).hexdigest(), name
+
+
 def build_along(check: Check) -> Check:
     """Mark `check` as a build-along check: one that plugs the learner's code into a real model, training run or
     sampler and holds it to a floor, so that passing means the learner's code trains or samples.
 
-    Such a check costs seconds (a short training on the CPU), so a pass is remembered for the function or class
-    object that passed, for the life of the process: the report and the tests that grade the same solutions do
-    not train again. A failure is never remembered."""
-    passed: weakref.WeakSet = weakref.WeakSet()
+    Such a check trains tiny models on one CPU thread (faster for them, and steady on a busy machine). It costs
+    seconds, so a pass is remembered for the life of the process: for the object that passed, and for the same
+    exercise of an identical file loaded again (the command line loads a file afresh). A failure is never
+    remembered."""
+    passed_objects: weakref.WeakSet = weakref.WeakSet()
+    passed_files: set[tuple[str, str, str]] = set()
 
-    def checked(fn: Callable) -> None:
+    def remembered(fn: Callable) -> bool:
         try:
-            if fn in passed:
-                return
-        except TypeError:          # an object that cannot be weakly referenced: check it every time
-            check(fn)
-            return
-        check(fn)
-        passed.add(fn)
+            if fn in passed_objects:
+                return True
+        except TypeError:          # an object that cannot be weakly referenced
+            pass
+        key = _file_key(fn)
+        return key is not None and key in passed_files
 
-    checked.__name__, checked.__doc__ = check.__name__, check.__doc__
-    checked.__wrapped__ = check
+    @functools.wraps(check)
+    def checked(fn: Callable) -> None:
+        if remembered(fn):
+            return
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            check(fn)
+        finally:
+            torch.set_num_threads(threads)
+        try:
+            passed_objects.add(fn)
+        except TypeError:
+            pass
+        key = _file_key(fn)
+        if key is not None:
+            passed_files.add(key)
+
     checked.build_along = True
     return checked
 
