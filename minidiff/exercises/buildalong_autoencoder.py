@@ -20,11 +20,11 @@ from __future__ import annotations
 import copy
 import tempfile
 import time
-from contextlib import contextmanager
 
 import torch
 
 from minidiff.data.shapes_dataset import shapes_tensors
+from minidiff.exercises.checking import one_thread
 from minidiff.models.autoencoder import Autoencoder, AutoencoderConfig
 from minidiff.training.autoencoder import psnr
 from minidiff.training.loop import TrainConfig, train
@@ -44,17 +44,6 @@ def shapes_images(split: str) -> torch.Tensor:
     backward instead of training."""
     n = TRAIN_EXAMPLES if split == "train" else HELD_OUT
     return shapes_tensors(split, n, SIZE)[0].contiguous()                      # (N, 3, 16, 16)
-
-
-@contextmanager
-def one_thread():
-    """Tiny tensors train several times faster on one thread, and the numbers do not depend on the machine's."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def tiny_autoencoder(seed: int = 0) -> Autoencoder:

@@ -30,11 +30,7 @@ what to compute; the formula is in the hint of a failure.
 from __future__ import annotations
 
 import copy
-import functools
-import hashlib
 import math
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
@@ -352,45 +348,6 @@ HINT_VAE = ("moments = model.encoder(x), then model.quant_conv(moments) if it is
 HINT_NO_GRADIENT = ("something in your code stops the gradient: a .detach(), .data, .item(), torch.no_grad() or a "
                     "tensor rebuilt with torch.tensor(...) on the way from the weights to the loss.")
 
-_passed_files: set[tuple[str, str, str]] = set()
-
-
-def remembered_by_file(check: Check) -> Check:
-    """A pass also holds for the same exercise of an identical file loaded again in this process (the command line
-    loads a file afresh, and build_along remembers passes per object only). The key is the file's path, a hash of
-    its whole text and the exercise's name: the same text gives the same seeded training. Only functions and
-    classes defined at the top level of a file are remembered this way."""
-    def key(fn: Callable) -> tuple[str, str, str] | None:
-        name = getattr(fn, "__qualname__", None)
-        if isinstance(fn, type):        # a class: its module's file (every load of one file has the same path)
-            path = getattr(sys.modules.get(fn.__module__), "__file__", None)
-        else:                           # a function: the file whose globals it reads
-            path = getattr(fn, "__globals__", {}).get("__file__")
-        if name is None or "<" in name or "." in name or path is None or not Path(path).is_file():
-            return None
-        return str(Path(path).resolve()), hashlib.sha256(Path(path).read_bytes()).hexdigest(), name
-
-    @functools.wraps(check)
-    def checked(fn: Callable) -> None:
-        fn_key = key(fn)
-        if fn_key is not None and fn_key in _passed_files:
-            return
-        check(fn)
-        if fn_key is not None:
-            _passed_files.add(fn_key)
-    return checked
-
-
-def on_one_thread(check: Check) -> Check:
-    """Run a check on one CPU thread: a tiny model is faster so, and on a busy machine two threads can make one
-    forward pass of the tiny autoencoder take seconds instead of milliseconds."""
-    @functools.wraps(check)
-    def checked(fn: Callable) -> None:
-        with run.one_thread():
-            check(fn)
-    return checked
-
-
 def _train(model: nn.Module, objective, what: str) -> tuple[nn.Module, list[float]]:
     """run.train_briefly, with whatever the learner's code raises in training turned into a failure message."""
     try:
@@ -507,8 +464,6 @@ def _list(names: list[str], shown: int = 3) -> str:
 
 
 @build_along
-@remembered_by_file
-@on_one_thread
 def check_ResBlock(cls: type) -> None:
     """cls(in_channels, out_channels, groups, eps): (B, C_in, H, W) -> (B, C_out, H, W), conv2(SiLU(norm2(conv1(
     SiLU(norm1(x)))))) + shortcut(x). Unit comparisons with minidiff's ResBlock on copied weights; then every ResBlock
@@ -654,8 +609,6 @@ def _own_exercises_note(fn: Callable) -> str:
 
 
 @build_along
-@remembered_by_file
-@on_one_thread
 def check_vae_training_loss(fn: Callable) -> None:
     """fn(model, x, eps, kl_weight) -> mean |x - x_hat| + kl_weight * mean_B KL / (C H W), z = mean + sigma eps.
     Unit comparisons with minidiff's autoencoder_loss terms; then a tiny autoencoder trained 100 steps with fn

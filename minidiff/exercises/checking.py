@@ -27,6 +27,7 @@ import importlib.util
 import math
 import sys
 import weakref
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
@@ -179,6 +180,19 @@ def _file_key(fn: Callable) -> tuple[str, str, str] | None:
     return str(Path(path).resolve()), hashlib.sha256(Path(path).read_bytes()).hexdigest(), name
 
 
+@contextmanager
+def one_thread():
+    """Run tiny models on one CPU thread, and restore the thread count after: their tensors are so small that one
+    thread is about as fast as several on a laptop and several times faster on a busy machine, and the numbers do not
+    depend on the machine's thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def build_along(check: Check) -> Check:
     """Mark `check` as a build-along check: one that plugs the learner's code into a real model, training run or
     sampler and holds it to a floor, so that passing means the learner's code trains or samples.
@@ -203,12 +217,8 @@ def build_along(check: Check) -> Check:
     def checked(fn: Callable) -> None:
         if remembered(fn):
             return
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with one_thread():
             check(fn)
-        finally:
-            torch.set_num_threads(threads)
         try:
             passed_objects.add(fn)
         except TypeError:
