@@ -5,6 +5,9 @@ Each function is written from the paper's equations, not by calling minidiff, so
 
     python instructors/solutions/01-ddpm.py        # every check passes: exit status 0
 
+Exercises 7-9 are build-along: ResidualBlock is DDPM's U-Net block (appendix B), training_step is Algorithm 1 and
+uses this file's q_sample, ddim_sample is the DDIM loop around this file's ddim_step.
+
 Papers: DDPM (arXiv:2006.11239), Improved DDPM (arXiv:2102.09672), DDIM (arXiv:2010.02502),
 v-prediction: Salimans & Ho (arXiv:2202.00512). minidiff numbers timesteps t = 0..T-1.
 """
@@ -13,6 +16,8 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 
 def q_sample(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
@@ -73,6 +78,62 @@ def ddim_step(x_t: torch.Tensor, eps_hat: torch.Tensor, alpha_bar_t: torch.Tenso
     if eta > 0:
         x_prev = x_prev + sigma * noise                                             # "random noise"
     return x_prev
+
+
+class ResidualBlock(nn.Module):
+    """Exercise 7: DDPM's residual block (appendix B: Wide ResNet with GroupNorm, the timestep added inside).
+
+        h   = conv1(SiLU(norm1(x)))                                  (B, C_out, H, W)
+        h   = h + time_emb_proj(SiLU(temb))[:, :, None, None]        the timestep, broadcast over H, W
+        h   = conv2(SiLU(norm2(h)))
+        out = skip(x) + h,  skip = identity, or a 1x1 conv when C_in != C_out
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, temb_dim: int, groups: int = 8, eps: float = 1e-6):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.time_emb_proj = nn.Linear(temb_dim, out_channels)
+        self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
+        self.conv_shortcut = (nn.Conv2d(in_channels, out_channels, kernel_size=1)   # 1x1: match the channels
+                              if in_channels != out_channels else None)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """x (B, C_in, H, W), temb (B, D) -> (B, C_out, H, W)."""
+        h = self.conv1(F.silu(self.norm1(x)))                                   # (B, C_out, H, W)
+        h = h + self.time_emb_proj(F.silu(temb)).reshape(*temb.shape[:1], -1, 1, 1)   # + (B, C_out, 1, 1)
+        h = self.conv2(F.silu(self.norm2(h)))                                   # (B, C_out, H, W)
+        skip = x if self.conv_shortcut is None else self.conv_shortcut(x)       # (B, C_out, H, W)
+        return skip + h
+
+
+def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, x0: torch.Tensor,
+                  alpha_bar: torch.Tensor) -> float:
+    """Exercise 8: DDPM Algorithm 1 on a batch. t ~ Uniform{0..T-1}, eps ~ N(0, I), x_t from q_sample (eq. 4),
+    L_simple = mean (eps - eps_theta(x_t, t))^2 (eq. 14), one gradient step."""
+    B = x0.shape[0]
+    t = torch.randint(0, alpha_bar.shape[0], (B,), device=x0.device)         # (B,) long
+    eps = torch.randn_like(x0)                                               # (B, C, H, W)
+    x_t = q_sample(x0, t, eps, alpha_bar)                                    # exercise 1
+    loss = ((model(x_t, t) - eps) ** 2).mean()                               # L_simple, eq. 14
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+@torch.no_grad()
+def ddim_sample(model: nn.Module, x_T: torch.Tensor, alpha_bar: torch.Tensor, timesteps: list[int]) -> torch.Tensor:
+    """Exercise 9: deterministic DDIM (eta = 0) over the given decreasing timesteps, ending at alpha-bar = 1."""
+    x = x_T                                                                  # (B, C, H, W)
+    one = torch.ones((), dtype=alpha_bar.dtype)
+    for i, t in enumerate(timesteps):
+        alpha_bar_prev = alpha_bar[timesteps[i + 1]] if i + 1 < len(timesteps) else one
+        t_batch = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)   # (B,)
+        eps_hat = model(x, t_batch)                                          # (B, C, H, W)
+        x = ddim_step(x, eps_hat, alpha_bar[t], alpha_bar_prev)              # exercise 6, eta = 0
+    return x
 
 
 if __name__ == "__main__":

@@ -1,11 +1,19 @@
-"""Checks for Chapter 1's exercises (chapters/01-ddpm/exercises.py): DDPM and DDIM by hand.
+"""Checks for Chapter 1's exercises (chapters/01-ddpm/exercises.py): DDPM and DDIM by hand, then built along.
 
 Each `check_<name>(fn)` calls a learner's function on several inputs and compares the result with
 minidiff's own implementation in `minidiff.process` and with closed-form properties of the maths.
 It returns quietly when everything agrees and raises AssertionError otherwise, saying what was
-expected, what came back, and giving a hint. A function that still raises NotImplementedError fails
-with `NotImplementedYet`, a kind of AssertionError. `run_checks(module)` runs them all. The helpers that
-call the learner's function and compare tensors are minidiff.exercises.checking's.
+expected, what came back, and giving a hint: the formula lives in the hint, not in the learner's docstring.
+A function that still raises NotImplementedError fails with `NotImplementedYet`, a kind of AssertionError.
+`run_checks(module)` runs them all. The helpers that call the learner's function and compare tensors are
+minidiff.exercises.checking's.
+
+Exercises 7-9 are build-along (`checking.build_along`): after quick unit comparisons, the check puts the learner's
+code into a short real run on the digits (minidiff.exercises.buildalong_digits) and holds the result to floors
+measured on the reference solutions: the learner's ResidualBlock in every residual slot of the toy U-Net, trained by
+minidiff; the toy U-Net trained by the learner's training_step; digits drawn by the learner's ddim_sample, which
+calls the learner's ddim_step. Each failure names its stage (build, outputs with minidiff's weights copied in,
+training, held-out error, recognizability of the samples).
 
 | exercise                  | paper                                  | minidiff reference                       |
 |---------------------------|----------------------------------------|------------------------------------------|
@@ -15,18 +23,33 @@ call the learner's function and compare tensors are minidiff.exercises.checking'
 | `x0_eps_from_v`           | the inverse of the above               | `GaussianDiffusion.predict_x0_eps`       |
 | `cosine_betas`            | Improved DDPM (arXiv:2102.09672) eq. 17 | `cosine_betas`, `cosine_alpha_bar`      |
 | `ddim_step`               | DDIM (arXiv:2010.02502) eq. 12 and 16  | `ddim_step`, `ddpm_step`                 |
+| `ResidualBlock`           | DDPM appendix B                        | `minidiff.blocks.resnet.ResBlock`        |
+| `training_step`           | DDPM Algorithm 1, eq. 14               | `GaussianDiffusion.loss`                 |
+| `ddim_sample`             | DDIM eq. 12 on a sub-sequence (sec. 4.2) | `minidiff.process.sample` ('ddim')     |
 
 Timesteps follow minidiff's convention: t = 0..T-1, so `alpha_bar[t]` is the paper's alpha-bar_{t+1}.
 """
 from __future__ import annotations
 
+import copy
+import functools
+import hashlib
+import inspect
+import marshal
 from types import ModuleType
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from minidiff.exercises.checking import Check, call, command_line, expect_close, expect_pair, preview, report
-from minidiff.process import GaussianDiffusion, NoiseSchedule, cosine_betas, ddim_step, ddpm_step, linear_betas
+from minidiff.blocks.resnet import ResBlock
+from minidiff.data.digits import digits_tensors
+from minidiff.exercises import buildalong_digits as run
+from minidiff.exercises.checking import (Check, NotImplementedYet, build_along, call, command_line, expect_close,
+                                         expect_float, expect_floor, expect_pair, preview, replace_modules, report)
+from minidiff.process import (GaussianDiffusion, NoiseSchedule, cosine_betas, ddim_step, ddpm_step, linear_betas,
+                              sample, timesteps)
 from minidiff.process.schedules import cosine_alpha_bar
 
 
@@ -299,6 +322,518 @@ def check_ddim_step(fn: Callable) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Build-along exercises 7-9: the learner's block, training step and sampler in a real run on the digits.
+# ---------------------------------------------------------------------------------------------------------
+
+# Floors, measured on minidiff.exercises.buildalong_digits' run (300 steps; 256 samples, DDIM 20 steps with x0_hat
+# clipped): minidiff's training with seeds 0-2 and the reference solutions of exercises 7 and 8 ("reference"),
+# untrained networks (seeds 0-2), and the broken block and step of tests/exercise_cases_ch01.py (seeds 0-2):
+#
+#   held-out denoising error  reference 0.108-0.115 | residual branch detached 0.195-0.217 | reseeded step 0.55-0.60
+#                             | untrained 1.06-1.09
+#   recognizability           reference 0.30-0.36   | detached 0.26 | reseeded 0.13 | untrained 0.11-0.15
+#   coverage                  reference 0.835-0.89  | detached 0.21 | reseeded 0.43 | untrained 0.32-0.35
+#
+# Recognizability alone is a weak judge this early: unclipped, the samples of an untrained network score up to 0.25
+# and those of the broken ones up to 0.52. The held-out error is the precise measure; the sample floors sit between
+# the untrained and the reference numbers, the recognizability floor nearer the untrained side (256 samples leave
+# it a standard error of about 0.03).
+LOSS_FALL = 0.5                 # the mean loss of the last 50 steps must be below this share of the first 20's
+HELDOUT_CEILING = 0.15          # the trained U-Net's denoising error (eps MSE) on the held-out test digits
+RECOGNIZABILITY_FLOOR = 0.2     # share of samples the digit classifier labels confidently (real digits: 0.95)
+COVERAGE_FLOOR = 0.6            # entropy of the samples' label histogram / log(10) (real digits: about 1)
+SAMPLER_SLACK = 0.05            # exercise 9: recognizability at most this far below minidiff's sampler's, same noise
+
+HINT_BLOCK = ("the block computes h = conv1(SiLU(norm1(x))); h = h + time_emb_proj(SiLU(temb))[:, :, None, None] "
+              "(the (B, C_out) projection broadcast over H and W); h = conv2(SiLU(norm2(h))); and returns x + h, or "
+              "conv_shortcut(x) + h when C_in != C_out (DDPM appendix B).")
+HINT_STEP = ("t = torch.randint(0, T, (B,)); eps = torch.randn_like(x0); x_t = q_sample(x0, t, eps, alpha_bar) = "
+             "sqrt(alpha_bar[t]) x0 + sqrt(1 - alpha_bar[t]) eps; loss = ((model(x_t, t) - eps) ** 2).mean(); "
+             "optimizer.zero_grad(); loss.backward(); optimizer.step(); return loss.item().")
+HINT_SAMPLE = ("for i, t in enumerate(timesteps): alpha_bar_prev = alpha_bar[timesteps[i + 1]] if there is a next "
+               "timestep, else 1.0; eps_hat = model(x, torch.full((B,), t)); x = ddim_step(x, eps_hat, alpha_bar[t], "
+               "alpha_bar_prev); all under torch.no_grad(). ddim_step with eta = 0: x0_hat = (x_t - sqrt(1 - "
+               "alpha_bar_t) eps_hat) / sqrt(alpha_bar_t), x_prev = sqrt(alpha_bar_prev) x0_hat + sqrt(1 - "
+               "alpha_bar_prev) eps_hat.")
+
+_trained: dict[str, tuple[nn.Module, str]] = {}   # the U-Net exercise 9 samples from, trained once per process
+
+
+_passed_code: set[tuple[str, str]] = set()
+
+
+def _fingerprint(obj, seen: set[int] | None = None) -> bytes:
+    """The compiled code of a function or class, with that of the functions and classes of the same module it
+    refers to by name (training_step's q_sample, ddim_sample's ddim_step, a class's base classes): two loads of
+    the same source give the same bytes, and any edit to the code changes them."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return b""
+    seen.add(id(obj))
+    if isinstance(obj, type):
+        parts = [obj.__qualname__.encode()]
+        parts += [_fingerprint(base, seen) for base in obj.__bases__
+                  if not base.__module__.startswith(("torch", "builtins"))]
+        parts += [_fingerprint(value, seen) for name, value in sorted(vars(obj).items()) if callable(value)]
+        return b"".join(parts)
+    fn = inspect.unwrap(obj)
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return repr(obj).encode()
+    parts = [marshal.dumps(code), repr(getattr(fn, "__defaults__", None)).encode()]
+    names = set(code.co_names)
+    for nested in code.co_consts:
+        if hasattr(nested, "co_names"):
+            names |= set(nested.co_names)
+    module = getattr(fn, "__module__", None)
+    for name in sorted(names):
+        value = fn.__globals__.get(name)
+        if callable(value) and getattr(value, "__module__", None) == module:
+            parts.append(_fingerprint(value, seen))
+    return b"".join(parts)
+
+
+def remembered_by_code(check: Check) -> Check:
+    """A build-along pass also holds for the same code loaded again in this process: the command line loads a file
+    afresh, and build_along remembers passes per object only. The key is the compiled code (see _fingerprint),
+    so an edited function is checked again; every run is seeded, so the same code gives the same result."""
+    @functools.wraps(check)
+    def checked(fn: Callable) -> None:
+        try:
+            key = (getattr(fn, "__qualname__", ""), hashlib.sha256(_fingerprint(fn)).hexdigest())
+        except (TypeError, ValueError):       # something that cannot be fingerprinted: check it every time
+            key = None
+        if key is not None and key in _passed_code:
+            return
+        check(fn)
+        if key is not None:
+            _passed_code.add(key)
+    return checked
+
+
+def say(message: str) -> None:
+    """Progress of a build-along run, printed as it happens (a run takes seconds to a minute)."""
+    print(message, flush=True)
+
+
+def _dependency_note(fn: Callable, name: str, check: Check, exercise: str) -> str:
+    """A line for a failure message when the learner's `fn` calls their own `name` (found in its module) and that
+    does not pass its own check: the bug may be there."""
+    dependency = getattr(fn, "__globals__", {}).get(name)
+    code = getattr(fn, "__code__", None)
+    if not callable(dependency) or code is None or name not in code.co_names:
+        return ""
+    try:
+        check(dependency)
+    except AssertionError as e:
+        return (f"Your {fn.__name__} calls your {name}, which does not pass {exercise} yet: fix that first "
+                f"({str(e).splitlines()[0]})\n")
+    return ""
+
+
+def _expect_floor(value: float, floor: float, what: str, hint: str, diagnosis: str = "",
+                  higher_is_better: bool = True) -> None:
+    """checking.expect_floor, with what the run showed (`diagnosis`, whole lines) between the numbers and the hint."""
+    try:
+        expect_floor(value, floor, what, hint, higher_is_better)
+    except AssertionError as e:
+        first, _, rest = str(e).partition("\n")
+        raise AssertionError(f"{first}\n{diagnosis}{rest}") from None
+
+
+def _quality_checks(model: nn.Module, losses: list[float], what: str, hint: str, diagnosis: str = "") -> dict:
+    """The floors every trained U-Net must clear: the loss fell, the held-out denoising error is low, the samples
+    are recognizable. Returns the samples' digit_metrics."""
+    first, last = sum(losses[:20]) / 20, sum(losses[-50:]) / 50
+    if last > LOSS_FALL * first:
+        raise AssertionError(f"training {what}: the loss did not fall: {first:.4f} over the first 20 steps, "
+                             f"{last:.4f} over the last 50 (a working implementation ends below {LOSS_FALL:g} "
+                             f"times the start).\n{diagnosis}  Hint: {hint}")
+    error = run.heldout_error(model)
+    say(f"    denoising error on held-out digits: {error:.4f} (must be at most {HELDOUT_CEILING:g})")
+    _expect_floor(error, HELDOUT_CEILING, f"training {what}: the denoising error on held-out digits", hint,
+                  diagnosis, higher_is_better=False)
+    samples = run.reference_samples(model, run.initial_noise())
+    metrics = run.judge(samples)
+    say(f"    {len(samples)} samples: recognizability {metrics['recognizability']:.3f} (real digits "
+        f"{metrics['real_recognizability']:.3f}, floor {RECOGNIZABILITY_FLOOR:g}), coverage {metrics['coverage']:.3f} "
+        f"(floor {COVERAGE_FLOOR:g})")
+    drawn = f"sampling {what}: {len(samples)} digits drawn with DDIM ({run.SAMPLE_STEPS} steps, x0 clipped)"
+    _expect_floor(metrics["recognizability"], RECOGNIZABILITY_FLOOR, f"{drawn}: recognizability", hint, diagnosis)
+    _expect_floor(metrics["coverage"], COVERAGE_FLOOR, f"{drawn}: coverage of the ten digits", hint, diagnosis)
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Exercise 7: the residual block, inside the toy U-Net.
+# ---------------------------------------------------------------------------------------------------------
+
+def _reference_block(in_channels: int, out_channels: int, seed: int) -> ResBlock:
+    """minidiff's block with seeded weights, its GroupNorm scales and shifts moved away from 1 and 0 so that a
+    missing or misplaced normalisation shows."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        block = ResBlock(in_channels, out_channels, 64, groups=8, eps=1e-6)
+        with torch.no_grad():
+            for norm in (block.norm1, block.norm2):
+                norm.weight.uniform_(0.5, 1.5)
+                norm.bias.uniform_(-0.5, 0.5)
+    return block.eval()
+
+
+def _block_mistakes(b: ResBlock, x: torch.Tensor, temb: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the block gives for some likely mistakes, computed with the reference block's layers."""
+    with torch.no_grad():
+        time = b.time_emb_proj(F.silu(temb))[:, :, None, None]                     # (B, C_out, 1, 1)
+        h1 = b.conv1(F.silu(b.norm1(x)))                                           # (B, C_out, H, W)
+        skip = x if b.conv_shortcut is None else b.conv_shortcut(x)
+        branch = lambda h: b.conv2(F.silu(b.norm2(h)))                              # noqa: E731
+        return {"leave out the timestep embedding": skip + branch(h1),
+                "project temb without the SiLU before time_emb_proj":
+                    skip + branch(h1 + b.time_emb_proj(temb)[:, :, None, None]),
+                "add the timestep embedding after norm2 instead of before it":
+                    skip + b.conv2(F.silu(b.norm2(h1) + time)),
+                "leave out the skip connection (return only the residual branch)": branch(h1 + time)}
+
+
+def _frozen_report(model: nn.Module, kind: type, before: dict[str, torch.Tensor]) -> str:
+    """Which parameters of the learner's blocks training left unchanged, e.g. "conv1.weight, conv1.bias (all 11 of 11 blocks)"."""
+    frozen: dict[str, int] = {}
+    blocks = [(name, m) for name, m in model.named_modules() if isinstance(m, kind)]
+    for block_name, block in blocks:
+        for name, p in block.named_parameters():
+            if torch.equal(p.detach(), before[f"{block_name}.{name}"]):
+                frozen[name] = frozen.get(name, 0) + 1
+    if not frozen:
+        return ""
+    listed = "; ".join(f"{', '.join(n for n, c in frozen.items() if c == count)} "
+                       f"({'all ' if count == len(blocks) else ''}{count} of {len(blocks)} blocks)"
+                       for count in sorted(set(frozen.values()), reverse=True))
+    return (f"  Training did not change these parameters of your blocks: {listed}. No gradient reaches them: "
+            f"look for .detach(), torch.no_grad() or .data in forward.\n")
+
+
+@build_along
+@remembered_by_code
+def check_ResidualBlock(cls: Callable) -> None:
+    """cls(in_channels, out_channels, temb_dim, groups=8, eps=1e-6): forward(x, temb) -> (B, C_out, H, W);
+    then every ResBlock of UNet(UNetConfig.toy()) replaced by it and trained on the digits."""
+    g = torch.Generator().manual_seed(7)
+    # Stages 1 and 2, for a block that changes the channels (1x1 shortcut) and one that keeps them (identity).
+    for seed, (in_channels, out_channels) in enumerate(((16, 32), (32, 32))):
+        where = f"ResidualBlock({in_channels}, {out_channels}, temb_dim=64, groups=8)"
+        block = call(cls, in_channels, out_channels, 64, 8, 1e-6,
+                     hint="build every layer in __init__ (after super().__init__()).")
+        if not isinstance(block, nn.Module):
+            raise AssertionError(f"build: {where} is a {type(block).__name__}, not an nn.Module.\n"
+                                 f"  Hint: subclass torch.nn.Module and call super().__init__() first.")
+        if any(isinstance(m, ResBlock) for m in block.modules()):
+            raise AssertionError(f"build: {where} uses minidiff's ResBlock.\n  Hint: build the block from torch.nn "
+                                 f"layers (GroupNorm, Conv2d, Linear); the check compares it with ResBlock.")
+        reference = _reference_block(in_channels, out_channels, seed)
+        expected = {name: tuple(v.shape) for name, v in reference.state_dict().items()}
+        got = {name: tuple(v.shape) for name, v in block.state_dict().items()}
+        if got != expected:
+            missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+            reshaped = [f"{n} {got[n]} (expected {expected[n]})"
+                        for n in expected if n in got and got[n] != expected[n]]
+            details = "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
+                                                  f"unexpected {', '.join(extra)}" if extra else "",
+                                                  f"wrong shape: {', '.join(reshaped)}" if reshaped else "") if part)
+            raise AssertionError(f"build: {where} has the wrong parameters: {details}.\n"
+                                 f"  Hint: name the layers norm1, conv1, time_emb_proj, norm2, conv2 and "
+                                 f"conv_shortcut, with the sizes in the docstring; conv_shortcut is a 1x1 Conv2d "
+                                 f"only when in_channels != out_channels, and None (no parameters) otherwise.")
+        block.load_state_dict(reference.state_dict())
+        block.eval()
+        x, temb = torch.randn(2, in_channels, 8, 8, generator=g), torch.randn(2, 64, generator=g)
+        with torch.no_grad():
+            out = call(block.forward, x, temb, hint="the shapes of every step are in the docstring.")
+            expected_out = reference(x, temb)
+        expect_close(out, expected_out, f"outputs with minidiff's weights copied in: {where} on x (2, "
+                     f"{in_channels}, 8, 8), temb (2, 64)", HINT_BLOCK, rtol=1e-4, atol=1e-4,
+                     mistakes=_block_mistakes(reference, x, temb))
+
+    # Stages 3-5: the learner's block in every residual slot of the toy U-Net, trained by minidiff.
+    def make(old: ResBlock) -> nn.Module:
+        return call(cls, old.conv1.in_channels, old.conv1.out_channels, old.time_emb_proj.in_features,
+                    old.norm1.num_groups, old.norm1.eps)
+
+    with torch.random.fork_rng(), run.one_thread():
+        model = run.toy_unet(run.SEED)
+        count = replace_modules(model, ResBlock, make)
+        before = run.initial_state(model)
+        say(f"  training the toy U-Net with your ResidualBlock in its {count} residual blocks: "
+            f"{run.TRAIN_STEPS} steps at batch {run.BATCH_SIZE} ...")
+        step = run.reference_step(run.digits_diffusion(), torch.Generator().manual_seed(run.SEED))
+        try:
+            losses = run.train_toy_unet(model, step, say=say)
+        except run.TrainingFailed as e:
+            raise AssertionError(f"training the toy U-Net with your ResidualBlock: {e}.\n  Hint: {HINT_BLOCK}") from e
+        _quality_checks(model, losses, "the toy U-Net with your ResidualBlock", HINT_BLOCK,
+                        diagnosis=_frozen_report(model, cls, before))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Exercise 8: the training step, training the toy U-Net.
+# ---------------------------------------------------------------------------------------------------------
+
+class _SpyNet(nn.Module):
+    """A tiny stand-in for the U-Net that remembers every (x_t, t) it is called with:
+    (B, 1, H, W), (B,) -> (B, 1, H, W)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3, padding=1)
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls.append((x_t.detach().clone(), t.detach().clone() if torch.is_tensor(t) else t))
+        scale = 1 + torch.as_tensor(t, dtype=x_t.dtype).reshape(-1, 1, 1, 1) / 1000
+        return self.conv(x_t) * scale
+
+
+class _TimestepLog(nn.Module):
+    """Wraps the U-Net during a learner's training run and remembers the timesteps of every call (for diagnoses)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.timesteps: list[torch.Tensor] = []
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.timesteps.append(torch.as_tensor(t).detach().reshape(-1).clone())
+        return self.model(x_t, t)
+
+
+def _timestep_diagnosis(log: list[torch.Tensor], T: int) -> str:
+    if len(log) < 2:
+        return ""
+    notes = []
+    if all(torch.equal(t, log[0]) for t in log[1:]):
+        notes.append("every step drew the same timesteps (and, most likely, the same noise): do not seed the "
+                     "random generator inside training_step, the check seeds it once")
+    seen = torch.cat(log)
+    if seen.min() > T // 10 or seen.max() < T - 1 - T // 10:
+        notes.append(f"the timesteps covered only {int(seen.min())}..{int(seen.max())} of 0..{T - 1}")
+    return "".join(f"  Your run: {note}.\n" for note in notes)
+
+
+def _recompute(model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, target: torch.Tensor):
+    """(loss, gradients) of L_simple for the model as it was before the step, on the inputs it was given."""
+    loss = ((model(x_t, t) - target) ** 2).mean()
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    return loss.item(), [g.detach() for g in grads]
+
+
+def _step_units(fn: Callable) -> None:
+    """One and then a second call on a tiny model: timesteps, noising, loss value and parameter update."""
+    images, _ = digits_tensors("test", run.IMAGE_SIZE)
+    x0 = images[:64]                                                          # (64, 1, 16, 16)
+    alpha_bar = run.digits_diffusion().schedule.alpha_bar                     # (T,)
+    T, B = len(alpha_bar), len(x0)
+    with torch.random.fork_rng():
+        torch.manual_seed(8)
+        model = _SpyNet()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        grads_before: list[torch.Tensor] | None = None
+        for call_number in (1, 2):
+            where = f"training_step call {call_number} on a tiny model, x0 (64, 1, 16, 16), alpha_bar ({T},)"
+            before = copy.deepcopy(model)
+            before.calls = []
+            model.calls.clear()
+            loss = call(fn, model, optimizer, x0, alpha_bar, hint=HINT_STEP)
+            if len(model.calls) != 1:
+                raise AssertionError(f"{where}: the model was called {len(model.calls)} times, expected once.\n"
+                                     f"  Hint: call model(x_t, t) once, on the whole batch. {HINT_STEP}")
+            x_t, t = model.calls[0]
+            if not torch.is_tensor(t) or tuple(t.shape) != (B,) or t.is_floating_point():
+                got = f"a {t.dtype} tensor of shape {tuple(t.shape)}" if torch.is_tensor(t) else repr(t)
+                raise AssertionError(f"{where}: the model got t = {got}, expected a (64,) integer tensor.\n"
+                                     f"  Hint: one integer timestep per sample: torch.randint(0, T, (B,)), T = "
+                                     f"len(alpha_bar); not t / T.")
+            if int(t.min()) < 0 or int(t.max()) >= T or len(set(t.tolist())) == 1:
+                raise AssertionError(f"{where}: the timesteps were {t[:8].tolist()}... (min {int(t.min())}, max "
+                                     f"{int(t.max())}), expected one per sample, drawn uniformly from 0..{T - 1}.\n"
+                                     f"  Hint: torch.randint(0, T, (B,)) draws B timesteps in 0..T-1.")
+            if x_t.shape != x0.shape:
+                raise AssertionError(f"{where}: the model got x_t of shape {tuple(x_t.shape)}, expected the shape "
+                                     f"of x0, {tuple(x0.shape)}.\n  Hint: {HINT_STEP}")
+            # The eps that made x_t, recovered from it: standard normal if x_t came from q_sample.
+            a = alpha_bar[t].reshape(-1, 1, 1, 1)
+            eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()                       # (B, 1, 16, 16)
+            mean, std = eps.mean().item(), eps.std().item()
+            if abs(mean) > 0.05 or abs(std - 1) > 0.05 or not torch.isfinite(eps).all():
+                raise AssertionError(f"{where}: x_t is not x0 noised as in exercise 1: the noise that makes "
+                                     f"q_sample(x0, t, eps) equal to x_t has mean {mean:.3g} and standard deviation "
+                                     f"{std:.3g}, expected a standard normal sample (0 and 1).\n"
+                                     f"{_dependency_note(fn, 'q_sample', check_q_sample, 'exercise 1')}"
+                                     f"  Hint: {HINT_STEP}")
+            expected_loss, grads = _recompute(before, x_t, t, eps)
+            if torch.is_tensor(loss):
+                raise AssertionError(f"{where}: returned a tensor, expected a Python float.\n  Hint: return "
+                                     f"loss.item(): a float, which does not keep the computation graph alive.")
+            with torch.no_grad():
+                out = before(x_t, t)
+            expect_float(loss, expected_loss, f"{where}: the returned loss", HINT_STEP, rtol=2e-3, atol=1e-6,
+                         mistakes={"compare the prediction with x0 instead of eps": F.mse_loss(out, x0).item(),
+                                   "compare the prediction with x_t instead of eps": F.mse_loss(out, x_t).item(),
+                                   "sum the squared errors instead of averaging them":
+                                       ((out - eps) ** 2).sum().item()})
+            # With SGD (lr 0.1, no momentum) the update is -0.1 times the gradient of this step's loss.
+            update = [p.detach() - q.detach() for p, q in zip(model.parameters(), before.parameters())]
+            if all(bool((u == 0).all()) for u in update):
+                raise AssertionError(f"{where}: the parameters did not change.\n  Hint: after loss.backward(), "
+                                     f"call optimizer.step().")
+            expected_update = torch.cat([-0.1 * g.reshape(-1) for g in grads])
+            mistakes = {}
+            if grads_before is not None:
+                mistakes["keep the previous step's gradients (no optimizer.zero_grad())"] = torch.cat(
+                    [-0.1 * (g + h).reshape(-1) for g, h in zip(grads, grads_before)])
+            expect_close(torch.cat([u.reshape(-1) for u in update]), expected_update,
+                         f"{where}: the parameter update (SGD, lr 0.1)",
+                         "the update must be -lr times the gradient of this step's loss: optimizer.zero_grad(), "
+                         "then loss.backward(), then optimizer.step().", rtol=2e-3, atol=1e-6, mistakes=mistakes)
+            grads_before = grads
+
+
+@build_along
+@remembered_by_code
+def check_training_step(fn: Callable) -> None:
+    """fn(model, optimizer, x0, alpha_bar) -> loss (float), one step of DDPM Algorithm 1; then the toy U-Net
+    trained on the digits with it."""
+    _step_units(fn)
+    with torch.random.fork_rng(), run.one_thread():
+        model = run.toy_unet(run.SEED)
+        log = _TimestepLog(model)
+        say(f"  training the toy U-Net with your training_step: {run.TRAIN_STEPS} steps at batch "
+            f"{run.BATCH_SIZE} ...")
+        try:
+            losses = run.train_toy_unet(log, fn, say=say)
+        except run.TrainingFailed as e:
+            raise AssertionError(f"training the toy U-Net with your training_step: {e}.\n  Hint: {HINT_STEP}") from e
+        diagnosis = _timestep_diagnosis(log.timesteps, run.digits_diffusion().num_steps)
+        _quality_checks(model, losses, "the toy U-Net with your training_step", HINT_STEP, diagnosis)
+    _trained["model"] = (model, "the toy U-Net your training_step trained")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Exercise 9: the DDIM sampling loop around the learner's ddim_step.
+# ---------------------------------------------------------------------------------------------------------
+
+class _SpyEps(nn.Module):
+    """A stand-in noise predictor that remembers every t it is called with: (B, C, H, W), (B,) -> (B, C, H, W).
+
+    It predicts the eps for which x0_hat is 0.8 tanh(x): bounded samples at every step, as from a real denoiser."""
+
+    def __init__(self, alpha_bar: torch.Tensor):
+        super().__init__()
+        self.alpha_bar = alpha_bar
+        self.weight = nn.Parameter(torch.tensor(0.8))
+        self.calls: list = []
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls.append(t.detach().clone() if torch.is_tensor(t) else t)
+        a = self.alpha_bar[torch.as_tensor(t).long()].reshape(-1, 1, 1, 1)       # (B or 1, 1, 1, 1)
+        return (x - a.sqrt() * self.weight * torch.tanh(x)) / (1 - a).sqrt()
+
+
+def _sample_mistakes(model: nn.Module, x_T: torch.Tensor, alpha_bar: torch.Tensor, ts: list[int]):
+    """What the loop gives for likely mistakes: no final step to alpha-bar = 1; alpha_bar[t - 1] as alpha_bar_prev."""
+    def loop(prev):
+        x = x_T
+        with torch.no_grad():
+            for i, t in enumerate(ts):
+                a_t, a_prev = alpha_bar[t], prev(i, t)
+                eps_hat = model(x, torch.full((len(x),), t, dtype=torch.long))
+                x = (a_prev.sqrt() * (x - (1 - a_t).sqrt() * eps_hat) / a_t.sqrt() + (1 - a_prev).sqrt() * eps_hat
+                     if a_prev is not None else x)
+        return x
+    return {"stop at the last timestep of the list instead of stepping on to alpha-bar = 1":
+                loop(lambda i, t: alpha_bar[ts[i + 1]] if i + 1 < len(ts) else None),
+            "use alpha_bar[t - 1], the neighbouring timestep, instead of the next timestep in the list":
+                loop(lambda i, t: alpha_bar[t - 1] if t > 0 else torch.tensor(1.0))}
+
+
+def _sample_units(fn: Callable) -> None:
+    alpha_bar = run.digits_diffusion().schedule.alpha_bar
+    diffusion = run.digits_diffusion()
+    g = torch.Generator().manual_seed(9)
+    for K in (5, 1):
+        ts = timesteps(len(alpha_bar), K)
+        model = _SpyEps(alpha_bar)
+        x_T = torch.randn(3, 1, 8, 8, generator=g)
+        where = f"ddim_sample on a stand-in network, x_T (3, 1, 8, 8), timesteps {ts}"
+        got = call(fn, model, x_T.clone(), alpha_bar, ts, hint=HINT_SAMPLE)
+        seen = [int(t[0]) if torch.is_tensor(t) and t.ndim == 1 and len(t) == 3 and not t.is_floating_point()
+                else None for t in model.calls]
+        if seen == ts[:-1]:
+            raise AssertionError(f"{where}: the network was called {len(seen)} times, at {seen}: the last "
+                                 f"timestep, {ts[-1]}, was skipped.\n  Hint: visit every timestep in the list, "
+                                 f"including the last, and from it step on to alpha-bar = 1 (clean data). "
+                                 f"{HINT_SAMPLE}")
+        if seen != ts:
+            shown = [f"a {t.dtype} tensor of shape {tuple(t.shape)}" if torch.is_tensor(t) and seen[i] is None
+                     else (repr(t) if seen[i] is None else str(seen[i])) for i, t in enumerate(model.calls)]
+            raise AssertionError(f"{where}: the network was called with t = [{', '.join(shown)}], expected {ts}, "
+                                 f"each as a (3,) long tensor.\n  Hint: call the network once per timestep, in "
+                                 f"the order given, with torch.full((B,), t, dtype=torch.long).")
+        model.calls.clear()
+        expected = sample(model, diffusion, tuple(x_T.shape), "ddim", K, eta=0.0, initial_noise=x_T)
+        expect_close(got, expected, where, HINT_SAMPLE, rtol=1e-4, atol=1e-4,
+                     mistakes=_sample_mistakes(model, x_T, alpha_bar, ts))
+        if got.requires_grad:
+            raise AssertionError(f"{where}: the samples carry a computation graph (requires_grad=True).\n  Hint: run "
+                                 f"the loop under torch.no_grad() (or decorate ddim_sample with it): sampling "
+                                 f"needs no gradients, and keeping them costs memory at every step.")
+
+
+def _model_to_sample() -> tuple[nn.Module, str]:
+    """The U-Net trained by the learner's training_step if that passed in this process; else one trained by
+    minidiff (once per process)."""
+    if "model" not in _trained:
+        say(f"  training the toy U-Net with minidiff's training step first (exercise 8 does not pass yet in this "
+            f"run): {run.TRAIN_STEPS} steps at batch {run.BATCH_SIZE} ...")
+        with torch.random.fork_rng(), run.one_thread():
+            model = run.toy_unet(run.SEED)
+            run.train_toy_unet(model, run.reference_step(run.digits_diffusion(),
+                                                         torch.Generator().manual_seed(run.SEED)), say=say)
+        _trained["model"] = (model, "the toy U-Net minidiff trained")
+    return _trained["model"]
+
+
+@build_along
+@remembered_by_code
+def check_ddim_sample(fn: Callable) -> None:
+    """fn(model, x_T, alpha_bar, timesteps) -> x0: deterministic DDIM with the learner's ddim_step; then digits
+    drawn from the trained toy U-Net with it."""
+    try:
+        _sample_units(fn)
+    except NotImplementedYet:
+        raise
+    except AssertionError as e:
+        raise AssertionError(_dependency_note(fn, "ddim_step", check_ddim_step, "exercise 6") + str(e)) from None
+    model, source = _model_to_sample()
+    model.eval()
+    alpha_bar = run.digits_diffusion().schedule.alpha_bar
+    x_T = run.initial_noise()
+    say(f"  sampling {len(x_T)} digits with your ddim_sample ({run.SAMPLE_STEPS} steps) from {source} ...")
+    with run.one_thread():
+        samples = call(fn, model, x_T.clone(), alpha_bar, run.sampling_timesteps(), hint=HINT_SAMPLE)
+        reference = run.reference_samples(model, x_T, clip_x0=False)
+        where = f"sampling: {len(x_T)} digits from {source}"
+        expect_close(samples, reference, f"{where}, against minidiff's DDIM sampler from the same noise", HINT_SAMPLE,
+                     rtol=1e-3, atol=1e-3)
+        metrics, expected = run.judge(samples), run.judge(reference)
+    say(f"    recognizability of your samples: {metrics['recognizability']:.3f} (minidiff's sampler: "
+        f"{expected['recognizability']:.3f}; real digits {metrics['real_recognizability']:.3f})")
+    expect_floor(metrics["recognizability"], expected["recognizability"] - SAMPLER_SLACK,
+                 f"{where}: the recognizability of your samples",
+                 "your samples should be as recognizable as minidiff's sampler's from the same network and noise. "
+                 + HINT_SAMPLE)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Running every check.
 # ---------------------------------------------------------------------------------------------------------
 
@@ -310,6 +845,9 @@ CHECKS: dict[str, Check] = {
     "x0_eps_from_v": check_x0_eps_from_v,
     "cosine_betas": check_cosine_betas,
     "ddim_step": check_ddim_step,
+    "ResidualBlock": check_ResidualBlock,
+    "training_step": check_training_step,
+    "ddim_sample": check_ddim_sample,
 }
 EXERCISES = tuple(CHECKS)
 
