@@ -1,13 +1,15 @@
 """Chapter 3's exercise cases for tests/test_exercises.py: conditioning on text.
 
 WRONG lists (exercise, plausible but wrong implementation, a phrase the failure message must contain);
-RIGHT (optional) lists other correct implementations the checks must accept.
+RIGHT (optional) lists other correct implementations the checks must accept; BROKEN lists, for each build-along
+exercise, a broken version its check must fail (with a phrase of the message), one of them only at the floor.
 """
 import math
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from torch import nn
 
 from minidiff.exercises.checking import load_exercise_file
 from exercise_paths import solutions_path
@@ -51,10 +53,28 @@ def classifier_free_guidance_paper_form(cond, uncond, guidance_scale):
     return (1 + w) * cond - w * uncond
 
 
+classifier_free_guidance = solutions_ch03.classifier_free_guidance   # what the samplers below call, as a
+                                                                      # learner's file holds it beside them
+
+
+def guided_sample_two_calls(model, x_T, context, null_context, guidance_scale, alpha_bar, timesteps):
+    """The network called twice per step, and the timesteps' alpha-bars gathered up front."""
+    alpha_bars = [alpha_bar[t] for t in timesteps] + [torch.tensor(1.0)]
+    x = x_T.clone()
+    for t, a, a_prev in zip(timesteps, alpha_bars, alpha_bars[1:]):
+        with torch.no_grad():
+            t_batch = torch.full((len(x),), t)
+            eps = classifier_free_guidance(model(x, t_batch, context), model(x, t_batch, null_context),
+                                           guidance_scale)
+        x = a_prev.sqrt() * (x - (1 - a).sqrt() * eps) / a.sqrt() + (1 - a_prev).sqrt() * eps
+    return x
+
+
 RIGHT = [("bpe_merge", bpe_merge_by_recursion), ("causal_mask", causal_mask_with_float_min),
              ("contrastive_loss", contrastive_loss_texts_first), ("cross_attention", cross_attention_with_torch_kernel),
              ("drop_condition", drop_condition_by_blending),
-             ("classifier_free_guidance", classifier_free_guidance_paper_form)]
+             ("classifier_free_guidance", classifier_free_guidance_paper_form),
+             ("guided_sample", guided_sample_two_calls)]
 
 
 def bpe_merge_first_only(symbols, pair):
@@ -288,6 +308,129 @@ def guidance_in_place(cond, uncond, guidance_scale):
     return uncond.add_(guidance_scale * (cond - uncond))
 
 
+class CrossAttentionBase(nn.Module):
+    """The solution's layers; forward is each broken version's own."""
+
+    def __init__(self, dim, heads, context_dim):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(context_dim, dim, bias=False)
+        self.to_v = nn.Linear(context_dim, dim, bias=False)
+        self.to_out = nn.Linear(dim, dim)
+
+    def weights(self):
+        return self.to_q.weight, self.to_k.weight, self.to_v.weight, self.to_out.weight, self.to_out.bias
+
+
+class CrossAttentionUnscaled(CrossAttentionBase):
+    def forward(self, x, context):
+        return _attention(x, context, *self.weights(), self.heads, divisor=1.0)
+
+
+class CrossAttentionSoftmaxOverQueries(CrossAttentionBase):
+    def forward(self, x, context):
+        return _attention(x, context, *self.weights(), self.heads, softmax_dim=-2)
+
+
+class CrossAttentionWithBiases(solutions_ch03.CrossAttention):
+    def __init__(self, dim, heads, context_dim):
+        super().__init__(dim, heads, context_dim)
+        self.to_k, self.to_v = nn.Linear(context_dim, dim), nn.Linear(context_dim, dim)
+
+
+class CrossAttentionWeightsAsTensors(nn.Module):
+    """Plain tensors, not parameters: the optimizer would never see them."""
+
+    def __init__(self, dim, heads, context_dim):
+        super().__init__()
+        self.heads = heads
+        self.w_q = torch.randn(dim, dim)
+        self.w_k, self.w_v = torch.randn(dim, context_dim), torch.randn(dim, context_dim)
+        self.w_out, self.b_out = torch.randn(dim, dim), torch.zeros(dim)
+
+    def forward(self, x, context):
+        return solutions_ch03.cross_attention(x, context, self.w_q, self.w_k, self.w_v, self.w_out, self.b_out,
+                                              self.heads)
+
+
+class CrossAttentionKeysFromPixels(CrossAttentionBase):
+    def forward(self, x, context):
+        return solutions_ch03.cross_attention(x, x, *self.weights(), self.heads)
+
+
+def CrossAttentionNotAModule(dim, heads, context_dim):
+    return lambda x, context: x
+
+
+class CrossAttentionDropoutAsKeepProbability(CrossAttentionBase):
+    """Attention dropout meant to be off (0.0, as in Stable Diffusion), passed to F.dropout as if it were the
+    probability of keeping: p = 1 - 0.0 drops every attention weight in training. In eval mode it is exactly
+    minidiff's block, so the first stage passes; in training the captions never reach the U-Net."""
+    attention_dropout = 0.0
+
+    def forward(self, x, context):
+        d = x.shape[-1] // self.heads
+        q, k, v = (rearrange(t, "B N (heads d) -> B heads N d", heads=self.heads)
+                   for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
+        weights = (q @ k.transpose(-1, -2) / math.sqrt(d)).softmax(dim=-1)
+        weights = F.dropout(weights, p=1 - self.attention_dropout, training=self.training)
+        return self.to_out(rearrange(weights @ v, "B heads L d -> B L (heads d)"))
+
+
+def _ddim(model, x_T, context, null_context, guidance_scale, alpha_bar, timesteps, swap=False, scale=None,
+          last=None, inline=False):
+    x = x_T
+    with torch.no_grad():
+        for i, t in enumerate(timesteps):
+            a = alpha_bar[t]
+            a_prev = alpha_bar[timesteps[i + 1]] if i + 1 < len(timesteps) else (last if last is not None
+                                                                                  else torch.tensor(1.0))
+            t_batch = torch.full((len(x),), t)
+            cond, uncond = model(x, t_batch, context), model(x, t_batch, null_context)
+            if swap:
+                cond, uncond = uncond, cond
+            s = guidance_scale if scale is None else scale
+            eps = uncond + s * (cond - uncond) if inline else classifier_free_guidance(cond, uncond, s)
+            x = a_prev.sqrt() * (x - (1 - a).sqrt() * eps) / a.sqrt() + (1 - a_prev).sqrt() * eps
+    return x
+
+
+def guided_sample_swapped(model, x_T, context, null_context, guidance_scale, alpha_bar, timesteps):
+    return _ddim(model, x_T, context, null_context, guidance_scale, alpha_bar, timesteps, swap=True)
+
+
+def guided_sample_without_guidance(model, x_T, context, null_context, guidance_scale, alpha_bar, timesteps):
+    x = x_T
+    for i, t in enumerate(timesteps):
+        a = alpha_bar[t]
+        a_prev = alpha_bar[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.tensor(1.0)
+        eps = model(x, torch.full((len(x),), t), context)
+        x = a_prev.sqrt() * (x - (1 - a).sqrt() * eps) / a.sqrt() + (1 - a_prev).sqrt() * eps
+    return x
+
+
+def guided_sample_ending_at_alpha_bar_0(model, x_T, context, null_context, guidance_scale, alpha_bar, timesteps):
+    return _ddim(model, x_T, context, null_context, guidance_scale, alpha_bar, timesteps, last=alpha_bar[0])
+
+
+def guided_sample_formula_inline(model, x_T, context, null_context, guidance_scale, alpha_bar, timesteps):
+    return _ddim(model, x_T, context, null_context, guidance_scale, alpha_bar, timesteps, inline=True)
+
+
+def guided_sample_in_place(model, x_T, context, null_context, guidance_scale, alpha_bar, timesteps):
+    x_T.mul_(1.0)
+    x_T.add_(0.0 * x_T)
+    result = _ddim(model, x_T.clone(), context, null_context, guidance_scale, alpha_bar, timesteps)
+    x_T.copy_(result)
+    return result
+
+
+def guided_sample_scale_lost(model, x_T, context, null_context, guidance_scale, alpha_bar, timesteps):
+    """Calls the guidance at every step, but with guidance_scale 1 (a default left in place of the argument)."""
+    return _ddim(model, x_T, context, null_context, guidance_scale, alpha_bar, timesteps, scale=1.0)
+
+
 WRONG = [
     ("bpe_merge", bpe_merge_first_only, "merge only the first occurrence"),
     ("bpe_merge", bpe_merge_overlapping, "merge overlapping pairs"),
@@ -332,4 +475,21 @@ WRONG = [
     ("classifier_free_guidance", guidance_paper_w_as_scale, "Ho & Salimans' w"),
     ("classifier_free_guidance", guidance_without_base, "leave out the starting point"),
     ("classifier_free_guidance", guidance_in_place, "in place"),
+    ("CrossAttention", CrossAttentionUnscaled, "forget to divide the scores"),
+    ("CrossAttention", CrossAttentionSoftmaxOverQueries, "softmax over the queries"),
+    ("CrossAttention", CrossAttentionWithBiases, r"not minidiff's Attention's \(unexpected to_k.bias, to_v.bias"),
+    ("CrossAttention", CrossAttentionWeightsAsTensors, "its weights are not minidiff's"),
+    ("CrossAttention", CrossAttentionKeysFromPixels, "raised RuntimeError"),
+    ("CrossAttention", CrossAttentionNotAModule, "expected an nn.Module"),
+    ("guided_sample", guided_sample_swapped, "swap the caption and the empty prompt"),
+    ("guided_sample", guided_sample_without_guidance, "leave guidance out"),
+    ("guided_sample", guided_sample_ending_at_alpha_bar_0, r"end at alpha_bar\[0\]"),
+    ("guided_sample", guided_sample_formula_inline, "called 0 times"),
+    ("guided_sample", guided_sample_in_place, "changed x_T in place"),
+]
+
+BROKEN = [
+    # Equal to minidiff's block in eval mode, so it passes the first stage; fails only on the prompt-following floor.
+    ("CrossAttention", CrossAttentionDropoutAsKeepProbability, "prompt following after 300 training steps"),
+    ("guided_sample", guided_sample_scale_lost, "leave guidance out"),
 ]

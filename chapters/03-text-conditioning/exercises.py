@@ -1,13 +1,19 @@
-"""Chapter 3 exercises: from a caption to a text-guided sample, one formula at a time.
+"""Chapter 3 exercises: from a caption to a text-guided sample, each piece written from its paper.
 
 Replace each `raise NotImplementedError(...)` with your code, then run
 
     python chapters/03-text-conditioning/exercises.py
 
-It prints PASS or FAIL for every exercise, with a hint for each failure, and exits with a non-zero status
-until all six pass. Use torch only: the point is to write each formula yourself, so do not call
-`minidiff.data.tokenizer`, `minidiff.models.clip`, `minidiff.blocks.attention` or `minidiff.process.guidance`
-here (the checks compare your result with them).
+It prints PASS or FAIL for every exercise, with a hint for each failure (the hint gives the formula when you
+need it), and exits with the number of exercises that fail. Use torch only: the point is to write each piece
+yourself, so do not call `minidiff.data.tokenizer`, `minidiff.models.clip`, `minidiff.blocks.attention`,
+`minidiff.process.guidance` or `minidiff.process.samplers` here (the checks compare your result with them).
+
+Exercises 7 and 8 are build-alongs: the check puts your code into minidiff's own model and sampler. Your
+CrossAttention block goes into every cross-attention layer of a small text-conditional U-Net, which trains for
+300 steps on one-object Shapes scenes at 8x8 pixels captioned "a red circle", "a blue square", ...; it passes
+when the U-Net draws the colour each prompt names. Your guided_sample, with your classifier_free_guidance inside,
+then samples from such a U-Net. Each check trains for about 15 s of one CPU core and prints its progress.
 
 Conventions (the same as minidiff's):
 - a word is a list of symbols, its UTF-8 bytes as characters, with `</w>` glued to the last: "red" is
@@ -27,6 +33,7 @@ import math  # noqa: F401 (you may want math.sqrt)
 
 import torch
 import torch.nn.functional as F  # noqa: F401 (you may want F.normalize, F.cross_entropy)
+from torch import nn
 
 
 def bpe_merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
@@ -58,20 +65,16 @@ def causal_mask(length: int) -> torch.Tensor:
 
     CLIP's text encoder is causal: the token at position i attends to positions j <= i, never to later ones
     (Vaswani et al. 2017, section 3.2.3). That is why CLIP summarises a caption at its end-of-text token, the
-    only position that has seen every word. The mask is added to the attention scores before the softmax:
+    only position that has seen every word.
 
-        softmax(Q K^T / sqrt(d) + M),   M[i, j] = 0 if j <= i,  -inf if j > i
-
-    exp(-inf) = 0, so a masked key gets no weight; the row i is query i, the column j key j:
-
-        length 3:  [[0, -inf, -inf],
-                    [0,    0, -inf],
-                    [0,    0,    0]]
+    Build the additive mask M that the text transformer adds to its attention scores (Q K^T / sqrt(d)) before
+    the softmax: row i is query position i, column j key position j. Where query i may read key j, adding M
+    must leave the score as it is; where it may not, adding M must make the key's softmax weight exactly zero.
 
     Args:
         length: L, the number of tokens.
     Returns:
-        M, (L, L), float32.
+        M, (L, L), float32 (numbers, not booleans: it is added to the scores).
     """
     raise NotImplementedError("Exercise 2: build the additive causal mask, 0 on and below the diagonal")
 
@@ -81,15 +84,11 @@ def contrastive_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tens
     """Exercise 3. CLIP's symmetric contrastive loss (Radford et al. 2021, figure 3).
 
     A batch holds B matching (image, caption) pairs. CLIP scores every image against every caption with the
-    cosine similarity of their embeddings, scaled by a learned inverse temperature exp(t) = 1 / tau, and asks
-    each image to pick out its own caption among the B, and each caption its own image:
-
-        I_e = I / ||I||,  T_e = T / ||T||                (each row L2-normalised)
-        logits = exp(t) * I_e T_e^T                       (B, B): row i scores image i against every caption
-        loss = ( CE(logits, labels) + CE(logits^T, labels) ) / 2,   labels = [0, 1, ..., B-1]
-
-    where CE is the cross-entropy averaged over the batch (F.cross_entropy). CLIP starts from tau = 0.07, so
-    t = log(1 / 0.07), and learns t: the gradient must reach logit_scale.
+    cosine similarity of their embeddings, sharpened by a learned inverse temperature 1 / tau = exp(logit_scale),
+    and asks each image to pick out its own caption among the B (a B-way classification whose right answer for
+    image i is caption i, scored with F.cross_entropy averaged over the batch), and each caption its own image.
+    The loss is the average of the two directions (figure 3's pseudocode). CLIP starts from tau = 0.07, so
+    logit_scale = log(1 / 0.07), and learns logit_scale: the gradient must reach it.
 
     Args:
         image_embeddings: I, (B, E), not normalised.
@@ -105,16 +104,16 @@ def cross_attention(x: torch.Tensor, context: torch.Tensor, w_q: torch.Tensor, w
                     w_v: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor, heads: int) -> torch.Tensor:
     """Exercise 4. How every pixel of the U-Net reads the caption: multi-head cross-attention.
 
-    Rombach et al. 2022, section 3.3: queries come from the image tokens, keys and values from the text tokens,
+    Rombach et al. 2022, section 3.3: queries come from the image tokens x, keys and values from the text tokens
+    (the context); each is a linear map of its input (no bias). Split the C channels of queries, keys and values
+    into `heads` heads of head_dim = C / heads channels each: head h uses channels h * head_dim ...
+    (h + 1) * head_dim - 1. In each head, scaled dot-product attention (Vaswani et al. 2017, eq. 1) gives every
+    pixel a weighted mix of the text tokens' values, weighted by how well its query matches their keys; merge
+    the heads back into C channels in the same order, then apply the output projection (with its bias)
+    (Vaswani et al. 2017, section 3.2.2).
 
-        Q = x W_Q^T,  K = c W_K^T,  V = c W_V^T            (B, L, C), (B, M, C), (B, M, C)
-        split C = heads * head_dim:  (B, L, C) -> (B, heads, L, head_dim), channels grouped as (heads, head_dim)
-        A = softmax(Q K^T / sqrt(head_dim))                 (B, heads, L, M): over the M text tokens
-        out = merge_heads(A V) W_O^T + b_O                  (B, L, C)
-
-    (Vaswani et al. 2017, eq. 1 and section 3.2.2.) Each pixel takes a weighted mix of the text tokens' values,
-    weighted by how well its query matches their keys. Head h uses channels h * head_dim ... (h + 1) * head_dim - 1
-    of Q, K and V, and merging puts them back in that order.
+    Shapes: queries (B, L, C), keys and values (B, M, C); per head (B, heads, L or M, head_dim); the attention
+    weights (B, heads, L, M), one distribution over the M text tokens for every pixel.
 
     Args:
         x: image tokens, (B, L, C). context: text tokens, (B, M, D_ctx).
@@ -153,14 +152,11 @@ def drop_condition(context: torch.Tensor, null_context: torch.Tensor, p_uncond: 
 def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
     """Exercise 6. Steer a sample towards its caption with classifier-free guidance.
 
-    Ho & Salimans 2022, eq. 6, in the convention of diffusers and of Stable Diffusion's guidance_scale:
-
-        guided = uncond + guidance_scale * (cond - uncond)
-
-    cond - uncond is what the caption changes in the prediction; guidance_scale = 1 gives cond (no guidance),
-    0 gives uncond (the caption ignored), 7.5 (SD's default) pushes well beyond cond. The paper writes the same
-    thing as (1 + w) cond - w uncond, so its w is guidance_scale - 1. The formula is linear, so it serves eps-,
-    x0- and v-predictions alike.
+    Ho & Salimans 2022, eq. 6, in the convention of diffusers and of Stable Diffusion's guidance_scale: start
+    from the prediction without the caption and move along the direction the caption adds, guidance_scale times
+    as far. guidance_scale = 1 gives cond (no guidance), 0 gives uncond (the caption ignored), and 7.5 (SD's
+    default) extrapolates well beyond cond. The paper counts the scale differently: its w is guidance_scale - 1.
+    The result is linear in the predictions, so it serves eps-, x0- and v-predictions alike.
 
     Args:
         cond: the network's prediction with the caption, e.g. (B, C, h, w).
@@ -170,6 +166,69 @@ def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, guidance_
         the guided prediction, the same shape. Do not modify cond or uncond.
     """
     raise NotImplementedError("Exercise 6: write the guided prediction (Ho & Salimans eq. 6)")
+
+
+class CrossAttention(nn.Module):
+    """Exercise 7 (build-along). The cross-attention layer of Stable Diffusion's U-Net, as a module.
+
+    Rombach et al. 2022, section 3.3: in every transformer block of the U-Net, the pixels' tokens (queries)
+    attend to the caption's tokens (keys and values). Exercise 4 computed this from given weights; here the
+    layer owns its weights and learns them. Build these layers, with exactly these names (the check copies
+    minidiff's weights into your block by name):
+        to_q    Linear, dim -> dim, no bias               (W_Q)
+        to_k    Linear, context_dim -> dim, no bias       (W_K)
+        to_v    Linear, context_dim -> dim, no bias       (W_V)
+        to_out  Linear, dim -> dim, with a bias           (W_O)
+    and keep `heads`. forward(x, context) is exercise 4's multi-head cross-attention through these layers (you
+    may call your cross_attention with their weights).
+
+    The check first compares your block with minidiff's (same weights, same inputs), then puts it into every
+    cross-attention layer of a small text-conditional U-Net (its self-attention stays minidiff's), trains the
+    U-Net, samples each prompt with classifier-free guidance, and counts the samples that have the colour their
+    prompt names.
+
+    Args:
+        dim: C, the width of the pixels' tokens. heads: the number of heads; C is divisible by it.
+        context_dim: D_ctx, the width of the text tokens.
+    forward:
+        x (B, L, C) the pixels' tokens, context (B, M, D_ctx) the text tokens -> (B, L, C).
+    """
+
+    def __init__(self, dim: int, heads: int, context_dim: int):
+        super().__init__()
+        raise NotImplementedError("Exercise 7: build to_q, to_k, to_v and to_out, and keep heads")
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("Exercise 7: multi-head cross-attention through the block's own layers")
+
+
+def guided_sample(model, x_T: torch.Tensor, context: torch.Tensor, null_context: torch.Tensor,
+                  guidance_scale: float, alpha_bar: torch.Tensor, timesteps: list[int]) -> torch.Tensor:
+    """Exercise 8 (build-along). Draw images for captions: deterministic DDIM with classifier-free guidance.
+
+    Chapter 1's DDIM sampler (Song et al. 2021, eq. 12 with sigma = 0), with a text-conditional network and
+    guidance (Ho & Salimans 2022, algorithm 2). Start from x_T. At each timestep of the list, in the order given
+    (decreasing), get the network's noise prediction twice, with the captions and with the empty prompt (two
+    calls, or one call on the doubled batch); combine the two with your classifier_free_guidance (exercise 6);
+    then take the deterministic DDIM step from this timestep's noise level to the next one's in the list, and
+    after the last one to clean data (alpha-bar = 1). Call classifier_free_guidance at every step (the check
+    counts the calls); the network needs no gradients, so run the loop under torch.no_grad().
+
+    The check compares your samples with minidiff's guided DDIM on an untrained U-Net, then samples prompts
+    from a text-conditional U-Net it trains (about 15 s of one core), with guidance and without (guidance_scale
+    = 1), and expects guidance to draw the colour each prompt names more often.
+
+    Args:
+        model: the noise predictor, model(x_t (N, C, H, W), t (N,) long, context (N, L, D)) -> eps (N, C, H, W).
+        x_T: (B, C, H, W) standard normal noise.
+        context: (B, L, D) the captions' text tokens. null_context: (B, L, D) the empty prompt's, one per sample.
+        guidance_scale: the guidance scale, a float (1 turns guidance off).
+        alpha_bar: (T,) the schedule's alpha-bar table.
+        timesteps: the K timesteps to visit, decreasing, e.g. [999, 949, ..., 49] for K = 20 of T = 1000.
+    Returns:
+        the samples x0, (B, C, H, W). Do not modify x_T.
+    """
+    raise NotImplementedError("Exercise 8: loop over the timesteps: two predictions, your guidance, a DDIM step")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def bpe_merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
@@ -73,6 +74,42 @@ def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, guidance_
     """Exercise 6: uncond + guidance_scale (cond - uncond) = (1 + w) cond - w uncond, w = guidance_scale - 1
     (CFG eq. 6)."""
     return uncond + guidance_scale * (cond - uncond)
+
+
+class CrossAttention(nn.Module):
+    """Exercise 7 (build-along): multi-head cross-attention as a module, Stable Diffusion's layer names
+    (LDM section 3.3; Transformer section 3.2.2). x (B, L, dim), context (B, M, context_dim) -> (B, L, dim)."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim, bias=False)                  # W_Q
+        self.to_k = nn.Linear(context_dim, dim, bias=False)          # W_K
+        self.to_v = nn.Linear(context_dim, dim, bias=False)          # W_V
+        self.to_out = nn.Linear(dim, dim)                            # W_O, b_O
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return cross_attention(x, context, self.to_q.weight, self.to_k.weight, self.to_v.weight,
+                               self.to_out.weight, self.to_out.bias, self.heads)        # (B, L, dim)
+
+
+def guided_sample(model, x_T: torch.Tensor, context: torch.Tensor, null_context: torch.Tensor,
+                  guidance_scale: float, alpha_bar: torch.Tensor, timesteps: list[int]) -> torch.Tensor:
+    """Exercise 8 (build-along): deterministic DDIM (eq. 12, sigma = 0) on the guided noise prediction (CFG eq. 6),
+    the network run once per step on the doubled batch [x; x] with [context; null_context]."""
+    B = x_T.shape[0]
+    x = x_T
+    with torch.no_grad():
+        for i, t in enumerate(timesteps):
+            a = alpha_bar[t]                                                               # alpha-bar_t
+            a_prev = alpha_bar[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.tensor(1.0)
+            t_batch = torch.full((2 * B,), t, dtype=torch.long)                            # (2B,)
+            both = model(torch.cat([x, x]), t_batch, torch.cat([context, null_context]))  # (2B, C, H, W)
+            cond, uncond = both.chunk(2)                                                   # (B, C, H, W) each
+            eps = classifier_free_guidance(cond, uncond, guidance_scale)
+            x0_hat = (x - (1 - a).sqrt() * eps) / a.sqrt()                                 # DDIM eq. 12, first term
+            x = a_prev.sqrt() * x0_hat + (1 - a_prev).sqrt() * eps                         # ... + direction to x_t
+    return x
 
 
 if __name__ == "__main__":

@@ -15,9 +15,20 @@ call the learner's function and compare tensors are minidiff.exercises.checking'
 | `cross_attention`          | LDM (arXiv:2112.10752) sec. 3.3; Transformer eq. 1 | `Attention(dim, heads, context_dim)` |
 | `drop_condition`           | CFG (arXiv:2207.12598) algorithm 1                 | `drop_condition`                     |
 | `classifier_free_guidance` | CFG eq. 6                                          | `guide`                              |
+| `CrossAttention` (built)   | LDM sec. 3.3; Transformer sec. 3.2.2               | `Attention(dim, heads, context_dim)` |
+| `guided_sample` (built)    | DDIM (arXiv:2010.02502) eq. 12; CFG algorithm 2    | `guided_model`, `sample("ddim")`     |
 
 The references live in `minidiff.data.tokenizer` (exercise 1), `minidiff.models.clip` (2, 3),
-`minidiff.blocks.attention` (4) and `minidiff.process.guidance` (5, 6); CFG is classifier-free guidance.
+`minidiff.blocks.attention` (4, 7), `minidiff.process.guidance` (5, 6, 8) and `minidiff.process.samplers` (8);
+CFG is classifier-free guidance; "built" marks a build-along exercise.
+
+The two build-along checks (marked with `build_along`: a pass is remembered for the class or function that
+passed) put the learner's code into the short text-to-image run of `minidiff.exercises.buildalong_text`:
+`CrossAttention` into every cross-attention layer of its U-Net, which then trains (300 steps) and must draw the
+colour each prompt names (`BLOCK_FLOOR`); `guided_sample`, with the learner's `classifier_free_guidance` inside,
+must match minidiff's guided DDIM and, on the run trained with minidiff's blocks, draw the prompted colour at
+least `GUIDED_FLOOR` of the time and more often than without guidance. The floors' calibration is in that module.
+Formulas are not in the learner's docstrings; each failure's hint gives them.
 """
 from __future__ import annotations
 
@@ -28,12 +39,16 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from torch import nn
 
 from minidiff.blocks.attention import Attention
 from minidiff.data.tokenizer import BPETokenizer, merge_pair, word_symbols
-from minidiff.exercises.checking import Check, call, command_line, expect_close, report
+from minidiff.exercises import buildalong_text as text
+from minidiff.exercises.checking import (Check, NotImplementedYet, build_along, call, close, command_line,
+                                         expect_close, expect_floor, report)
 from minidiff.models.clip import SelfAttention, contrastive_loss
 from minidiff.process.guidance import drop_condition, guide
+from minidiff.process.samplers import timesteps as sample_timesteps
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -390,6 +405,272 @@ def check_classifier_free_guidance(fn: Callable) -> None:
                  "0.5 + 7.5 * (1 - 0.5) = 4.25: guidance extrapolates past cond, away from uncond. " + hint)
 
 
+
+# ---------------------------------------------------------------------------------------------------------
+# Exercise 7 (build-along): the cross-attention block, inside a text-conditional U-Net that learns to follow
+# prompts (minidiff.exercises.buildalong_text).
+# ---------------------------------------------------------------------------------------------------------
+
+BLOCK_FORMULA = ("q = to_q(x), k = to_k(context), v = to_v(context); split each (B, N, C) into (B, heads, N, "
+                 "head_dim) with the channels grouped as (heads, head_dim); softmax(q k^T / sqrt(head_dim)) over "
+                 "the text tokens (the last axis); weights @ v, heads merged back to (B, L, C); then to_out. "
+                 "Your cross_attention from exercise 4 computes exactly this from the four layers' weights.")
+BLOCK_LAYERS = ("to_q: Linear(dim, dim, bias=False); to_k and to_v: Linear(context_dim, dim, bias=False); "
+                "to_out: Linear(dim, dim) with a bias; and nothing else that holds weights.")
+BLOCK_FLOOR = 0.6          # share of prompts followed (calibration: minidiff.exercises.buildalong_text)
+BLOCK_TRAINING_HINT = ("your block matched minidiff's in eval mode, so look at what differs in training: the "
+                       "U-Net trains in train mode, where your block must compute the same thing (a dropout "
+                       "with p = 1 drops every attention weight and hides the caption from the U-Net); the "
+                       "optimizer must see every weight the block uses (registered nn.Linear layers created in "
+                       "__init__); and keys and values must come from the context of this call, nothing kept from "
+                       "an earlier call, so that each caption steers its own image.")
+
+
+def _block_weights(layer: Attention) -> tuple[torch.Tensor, ...]:
+    return tuple(w.detach().clone() for w in (layer.to_q.weight, layer.to_k.weight, layer.to_v.weight,
+                                              layer.to_out.weight, layer.to_out.bias))
+
+
+def _build_block(cls: Callable, dim: int, heads: int, context_dim: int) -> nn.Module:
+    """The learner's block, built and checked to hold minidiff's Attention's weights under the same names."""
+    where = f"CrossAttention({dim}, {heads}, {context_dim})"
+    block = call(cls, dim, heads, context_dim, hint="__init__(dim, heads, context_dim) creates the layers: "
+                 + BLOCK_LAYERS + " Call super().__init__() first.")
+    if not isinstance(block, nn.Module):
+        raise AssertionError(f"{where}: expected an nn.Module, got {type(block).__name__}.\n"
+                             f"  Hint: subclass torch.nn.Module and call super().__init__() in __init__.")
+    expected = {name: tuple(w.shape) for name, w in Attention(dim, heads, context_dim).state_dict().items()}
+    got = {name: tuple(w.shape) for name, w in block.state_dict().items()}
+    if got != expected:
+        missing = sorted(set(expected) - set(got))
+        extra = sorted(set(got) - set(expected))
+        wrong = sorted(f"{name} {got[name]} (expected {expected[name]})" for name in set(got) & set(expected)
+                       if got[name] != expected[name])
+        found = "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
+                                            f"unexpected {', '.join(extra)}" if extra else "",
+                                            f"wrong shapes: {', '.join(wrong)}" if wrong else "") if part)
+        raise AssertionError(f"{where}: its weights are not minidiff's Attention's ({found}).\n"
+                             f"  Hint: the check copies minidiff's weights into your block by name, so build "
+                             f"exactly {BLOCK_LAYERS} nn.Linear keeps its weight as (out, in).")
+    return block
+
+
+def check_CrossAttention(cls: Callable) -> None:
+    """cls(dim, heads, context_dim) -> a block with minidiff's Attention's layers; block(x, context) -> (B, L, C)
+    equal to Attention's with the same weights (in eval mode); then the block in every cross-attention layer of
+    a small text-conditional U-Net, which must learn (in train mode) to draw the colour each prompt names."""
+    # Stage 1: the block alone, against minidiff's Attention with the same weights.
+    g = torch.Generator().manual_seed(40)
+    cases = [("4 heads, 2 x 3 pixels attending to 5 text tokens", 2, 6, 5, 32, 12, 4),
+             ("2 heads, 8 pixels attending to 3 text tokens, context as wide as the pixels", 3, 8, 3, 16, 16, 2),
+             ("1 head, 4 pixels and a single text token", 2, 4, 1, 8, 6, 1)]
+    for description, batch, length, context_length, width, context_dim, heads in cases:
+        block = _build_block(cls, width, heads, context_dim)
+        reference = Attention(width, heads, context_dim)
+        with torch.no_grad():
+            for p in reference.parameters():          # weights of unit gain, so the attention is far from uniform
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
+        block.load_state_dict(reference.state_dict())
+        block.eval()                                  # the function itself (a dropout, say, is off)
+        x = torch.randn(batch, length, width, generator=g)                            # (B, L, C): pixels
+        context = torch.randn(batch, context_length, context_dim, generator=g)        # (B, M, D_ctx): text
+        with torch.no_grad():
+            expected = reference(x, context)                                           # (B, L, C)
+            got = call(block.forward, x, context, hint="forward(x, context): queries from x (B, L, C), keys and values "
+                       "from the context (B, M, D_ctx), through the block's own layers. " + BLOCK_FORMULA)
+        weights = _block_weights(reference)
+        mistakes = {}
+        if context_length > 1:
+            knobs = {"divide the scores by head_dim instead of sqrt(head_dim)": dict(scale="d"),
+                     "forget to divide the scores by sqrt(head_dim)": dict(scale="none"),
+                     "take the softmax over the queries (dim -2) instead of the text tokens (dim -1)":
+                         dict(softmax_dim=-2),
+                     "split the channels as (head_dim, heads) instead of (heads, head_dim)": dict(split="(d heads)"),
+                     "forget the output projection (to_out)": dict(project=False),
+                     "ignore the heads (one head of width C)": dict(heads=1)}
+            mistakes = {mistake: _attention_variant(x, context, *weights, **{"heads": heads, **knob})
+                        for mistake, knob in knobs.items() if heads > 1 or knob.get("heads") != 1}
+        expect_close(got, expected, f"stage 1 of 2, your block alone: your CrossAttention with minidiff's "
+                     f"weights copied in, {description} "
+                     f"(C = {width}, D_ctx = {context_dim})", BLOCK_FORMULA, rtol=1e-4, atol=1e-5,
+                     mistakes=mistakes)
+
+    # Stage 2: the block in the U-Net, trained; does the U-Net follow the prompt?
+    def make(layer: Attention) -> nn.Module:
+        block = _build_block(cls, layer.to_q.in_features, layer.heads, layer.to_k.in_features)
+        block.load_state_dict(layer.state_dict())                         # the run starts from minidiff's weights
+        return block
+
+    prompts, colors = text.judging_prompts()
+    stage = "training"
+    try:
+        model = text.train_text_unet(make, progress="training a text-conditional U-Net with your CrossAttention")
+        stage = "sampling from"
+        images = text.minidiff_guided_sample(model, prompts, text.GUIDANCE_SCALE)
+    except AssertionError:
+        raise
+    except Exception as e:
+        raise AssertionError(f"stage 2 of 2: {stage} the text U-Net with your CrossAttention in its "
+                             f"cross-attention layers raised {type(e).__name__}: {e}\n"
+                             f"  Hint: {BLOCK_TRAINING_HINT}") from e
+    expect_floor(text.prompt_following(images, colors), BLOCK_FLOOR,
+                 f"stage 2 of 2, your block in the U-Net: prompt following after {text.STEPS} training steps "
+                 f"with your CrossAttention (the share of {len(prompts)} guided samples, {len(text.PROMPTS)} "
+                 f"prompts such as {text.PROMPTS[0]!r}, whose object has the colour the prompt names; chance is "
+                 f"about 1/3)", BLOCK_TRAINING_HINT)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Exercise 8 (build-along): a guided DDIM sampler around the learner's classifier_free_guidance, drawing from
+# the trained text-conditional U-Net.
+# ---------------------------------------------------------------------------------------------------------
+
+SAMPLER_FORMULA = ("at each timestep t of the list: eps_cond = model(x, t, context), eps_uncond = model(x, t, "
+                   "null_context) (or one call on the doubled batch, then .chunk(2)); eps = your "
+                   "classifier_free_guidance(eps_cond, eps_uncond, guidance_scale); x0_hat = (x - sqrt(1 - "
+                   "alpha_bar[t]) eps) / sqrt(alpha_bar[t]); x = sqrt(alpha_bar_prev) x0_hat + sqrt(1 - "
+                   "alpha_bar_prev) eps, where alpha_bar_prev is alpha_bar at the next timestep of the list, and "
+                   "1.0 after the last one. Return x.")
+GUIDED_FLOOR = 0.65        # share of prompts followed with guidance (scale 3); calibration: buildalong_text
+GUIDANCE_GAIN = 0.05       # guided (scale 3) minus unguided (scale 1): guidance must help
+
+
+def _reference_guided_sample(model, x_T, context, null_context, guidance_scale, alpha_bar, timesteps,
+                             swap=False, last_alpha_bar=None, shift_alpha=False):
+    """Guided deterministic DDIM written out, with one knob per plausible mistake (the defaults are right)."""
+    x = x_T
+    for i, t in enumerate(timesteps):
+        a = alpha_bar[timesteps[i + 1]] if shift_alpha and i + 1 < len(timesteps) else alpha_bar[t]
+        if i + 1 < len(timesteps):
+            a_prev = alpha_bar[timesteps[i + 1]]
+        else:
+            a_prev = torch.tensor(1.0) if last_alpha_bar is None else last_alpha_bar
+        t_batch = torch.full((x.shape[0],), t, dtype=torch.long)
+        cond, uncond = model(x, t_batch, context), model(x, t_batch, null_context)
+        cond, uncond = (uncond, cond) if swap else (cond, uncond)
+        eps = guide(cond, uncond, guidance_scale)
+        x0_hat = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        x = a_prev.sqrt() * x0_hat + (1 - a_prev).sqrt() * eps
+    return x
+
+
+class _CountingGuidance:
+    """Stands in for the learner's classifier_free_guidance while their sampler runs: counts the calls."""
+
+    def __init__(self, fn: Callable):
+        self.fn, self.calls, self.not_implemented = fn, 0, False
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        try:
+            return self.fn(*args, **kwargs)
+        except NotImplementedError:
+            self.not_implemented = True
+            raise
+
+
+def _run_sampler(fn: Callable, args: tuple, what: str) -> tuple[torch.Tensor, int]:
+    """fn(*args) with the learner's own classifier_free_guidance counted; returns (result, calls)."""
+    namespace = getattr(fn, "__globals__", None)
+    own = namespace.get("classifier_free_guidance") if namespace is not None else None
+    if not callable(own):
+        raise AssertionError(f"{what}: there is no function classifier_free_guidance beside your guided_sample.\n"
+                             f"  Hint: guided_sample calls classifier_free_guidance from exercise 6, defined in "
+                             f"the same file.")
+    counting = _CountingGuidance(own)
+    namespace["classifier_free_guidance"] = counting
+    try:
+        result = call(fn, *args, hint="model(x_t, t, context) takes x_t (N, 3, 8, 8), t a (N,) long tensor and "
+                      "context (N, L, D), and returns the noise prediction (N, 3, 8, 8). " + SAMPLER_FORMULA)
+    except NotImplementedYet:
+        if counting.not_implemented:
+            raise AssertionError(f"{what}: your sampler calls classifier_free_guidance, which still raises "
+                                 f"NotImplementedError.\n  Hint: do exercise 6 first; guided_sample uses it "
+                                 f"at every step.") from None
+        raise
+    finally:
+        namespace["classifier_free_guidance"] = own
+    return result, counting.calls
+
+
+def check_guided_sample(fn: Callable) -> None:
+    """fn(model, x_T, context, null_context, guidance_scale, alpha_bar, timesteps) -> x0 (B, 3, H, W): guided
+    deterministic DDIM that calls the learner's classifier_free_guidance at every step; equal to minidiff's
+    guided DDIM, and with the trained text U-Net, drawing the prompted colour more often than without guidance."""
+    process = text.diffusion()
+    alpha_bar = process.schedule.alpha_bar                                            # (T,)
+    # Stage 1: an untrained text U-Net (weights of a fixed seed): the sampler's arithmetic against minidiff's.
+    with torch.random.fork_rng():
+        torch.manual_seed(41)
+        untrained = text.UNet(text.unet_config()).eval()
+    model = text.eps_model(untrained)
+    prompts = ["a red circle", "a blue square", "a green triangle"]
+    context, null_context = text.encode(prompts), text.encode([""]).expand(3, -1, -1)  # (3, L, D) each
+    cases = [(3.0, 4, 42), (7.5, 1, 43), (0.0, 2, 44), (1.0, 3, 45)]
+    for guidance_scale, steps, seed in cases:
+        timesteps = sample_timesteps(process.num_steps, steps)
+        x_T = text.initial_noise(3, seed)
+        kept = x_T.clone()
+        where = (f"stage 1 of 2, an untrained U-Net: guided_sample of 3 prompts "
+                 f"({', '.join(repr(p) for p in prompts)}), guidance_scale = {guidance_scale}, timesteps {timesteps}")
+        got, calls = _run_sampler(fn, (model, x_T, context, null_context, guidance_scale, alpha_bar, timesteps),
+                                  where)
+        if not torch.equal(x_T, kept):
+            raise AssertionError(f"{where}: your sampler changed x_T in place.\n  Hint: start from x = x_T and "
+                                 f"build each new x as a new tensor (no +=, no .mul_()).")
+        with torch.no_grad():
+            expected = _reference_guided_sample(model, x_T, context, null_context, guidance_scale, alpha_bar,
+                                                timesteps)
+        if torch.is_tensor(got) and close(got, expected, rtol=1e-3, atol=1e-4):
+            mistakes = {}
+        else:
+            with torch.no_grad():
+                mistakes = {"swap the caption and the empty prompt (cond and uncond)":
+                            _reference_guided_sample(model, x_T, context, null_context, guidance_scale, alpha_bar,
+                                                     timesteps, swap=True),
+                            "leave guidance out (use the prediction with the caption alone)":
+                            _reference_guided_sample(model, x_T, context, null_context, 1.0, alpha_bar, timesteps),
+                            "end at alpha_bar[0] instead of alpha_bar = 1 after the last timestep":
+                            _reference_guided_sample(model, x_T, context, null_context, guidance_scale, alpha_bar,
+                                                     timesteps, last_alpha_bar=alpha_bar[0]),
+                            "use alpha_bar of the next timestep where the current one's belongs":
+                            _reference_guided_sample(model, x_T, context, null_context, guidance_scale, alpha_bar,
+                                                     timesteps, shift_alpha=True)}
+        expect_close(got, expected, where, SAMPLER_FORMULA, rtol=1e-3, atol=1e-4, mistakes=mistakes)
+        if guidance_scale != 1.0 and calls < steps:
+            raise AssertionError(f"{where}: your classifier_free_guidance was called {calls} times in {steps} "
+                                 f"steps.\n  Hint: call classifier_free_guidance (exercise 6) at every step, on "
+                                 f"the two noise predictions; do not write the guidance formula again or use "
+                                 f"minidiff's.")
+
+    # Stage 2: the trained text U-Net (minidiff's blocks, trained once per process): does guidance help?
+    trained = text.eps_model(text.reference_model())
+    prompts, colors = text.judging_prompts()
+    context, null_context = text.encode(prompts), text.encode([""]).expand(len(prompts), -1, -1)
+    timesteps = sample_timesteps(process.num_steps, text.SAMPLE_STEPS)
+    x_T = text.initial_noise(len(prompts))
+    where = (f"stage 2 of 2, the trained U-Net: guided_sample of {len(prompts)} prompts with the trained text "
+             f"U-Net, {text.SAMPLE_STEPS} steps, guidance_scale = {text.GUIDANCE_SCALE}")
+    guided, _ = _run_sampler(fn, (trained, x_T, context, null_context, text.GUIDANCE_SCALE, alpha_bar,
+                                  timesteps), where)
+    with torch.no_grad():
+        expected = _reference_guided_sample(trained, x_T, context, null_context, text.GUIDANCE_SCALE, alpha_bar,
+                                            timesteps)
+    expect_close(guided, expected, where, SAMPLER_FORMULA, rtol=1e-3, atol=1e-3)
+    unguided, _ = _run_sampler(fn, (trained, x_T, context, null_context, 1.0, alpha_bar, timesteps),
+                               where.replace(f"= {text.GUIDANCE_SCALE}", "= 1.0"))
+    with_guidance, without = text.prompt_following(guided, colors), text.prompt_following(unguided, colors)
+    hint = ("guidance pushes each sample away from the empty prompt's prediction, towards the caption's: check the "
+            "order of cond and uncond and that guidance_scale reaches your classifier_free_guidance. "
+            + SAMPLER_FORMULA)
+    expect_floor(with_guidance, GUIDED_FLOOR, f"stage 2 of 2, the trained U-Net: prompt following of your guided "
+                 f"samples (the share of {len(prompts)} samples whose object has the colour its prompt names; "
+                 f"chance is about 1/3)", hint)
+    expect_floor(with_guidance - without, GUIDANCE_GAIN, f"stage 2 of 2, the trained U-Net: prompt following "
+                 f"with guidance (scale {text.GUIDANCE_SCALE}: {with_guidance:.3g}) minus without (scale 1: "
+                 f"{without:.3g})", hint)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Running every check.
 # ---------------------------------------------------------------------------------------------------------
@@ -402,6 +683,8 @@ CHECKS: dict[str, Check] = {
     "cross_attention": check_cross_attention,
     "drop_condition": check_drop_condition,
     "classifier_free_guidance": check_classifier_free_guidance,
+    "CrossAttention": build_along(check_CrossAttention),
+    "guided_sample": build_along(check_guided_sample),
 }
 EXERCISES = tuple(CHECKS)
 
