@@ -76,7 +76,7 @@ def causal_mask(length: int) -> torch.Tensor:
     Returns:
         M, (L, L), float32 (numbers, not booleans: it is added to the scores).
     """
-    raise NotImplementedError("Exercise 2: build the additive causal mask, 0 on and below the diagonal")
+    raise NotImplementedError("Exercise 2: build the additive causal mask")
 
 
 def contrastive_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor,

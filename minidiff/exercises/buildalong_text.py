@@ -38,7 +38,6 @@ minidiff's blocks reached 0.92, 0.64 and 0.75 at scale 3: too spread for a floor
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
 from pathlib import Path
@@ -52,6 +51,7 @@ from minidiff.blocks.attention import Attention, TransformerBlock
 from minidiff.config import from_dict
 from minidiff.data.shapes import COLORS, SHAPES, Scene, ShapeObject, render
 from minidiff.data.tokenizer import BPETokenizer
+from minidiff.exercises.checking import one_thread
 from minidiff.io import load_state_strict
 from minidiff.models.clip import CLIPTextConfig, CLIPTextEncoder
 from minidiff.models.unet import UNet, UNetConfig
@@ -142,17 +142,6 @@ def training_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def cross_attention_layers(model: nn.Module) -> list[tuple[TransformerBlock, Attention]]:
     """Every (transformer block, its cross-attention layer attn2) of a text-conditional U-Net."""
     return [(block, block.attn2) for block in model.modules() if isinstance(block, TransformerBlock)]
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run tiny tensors on one CPU thread (several times faster than more on a shared machine), then restore."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def train_text_unet(make_attention: Callable[[Attention], nn.Module] | None = None, steps: int = STEPS,
