@@ -170,6 +170,28 @@ def trained_run(ctx: Context, recipe: str):
     return load_run(folder)
 
 
+def run_metrics(ctx: Context, recipe: str) -> str:
+    """The run's own evaluation (metrics.json, written by `minidiff train` or `minidiff eval`) in a few words."""
+    from minidiff.io import read_json
+
+    path = ctx.runs / recipe / "metrics.json"
+    if not path.is_file():
+        return ""
+    m = read_json(path, "the run's metrics", "run `minidiff eval` on the run again")
+    parts = []
+    if "recognizability" in m:
+        parts.append(f"recognizability {m['recognizability']:.2f} (real test digits {m['real_recognizability']:.2f})")
+    if "frechet" in m:
+        parts.append(f"Frechet distance {m['frechet']:.1f} (real-vs-real {m['real_frechet']:.1f})")
+    if "sliced_wasserstein" in m:
+        parts.append(f"sliced Wasserstein {m['sliced_wasserstein']:.3f} (real-vs-real {m['real_sliced_wasserstein']:.3f})")
+    if "overall" in m:
+        parts.append(f"ShapesEval overall {m['overall']:.2f} ({sum(m['counts'].values())} prompts of the "
+                     f"{m['suite']} suite, w = {m['guidance_scale']:g})")
+    return "the run's evaluation" + (f" on {m['n']} samples" if "n" in m else "") + ": " + ", ".join(parts) \
+        if parts else ""
+
+
 def samples_grid(ctx: Context, recipe: str, n: int = 64, title: str = ""):
     """n samples of a trained image recipe, drawn with its own sampler and seed SEED, as an 8-wide grid."""
     from minidiff.recipes import sample_from_run
@@ -179,6 +201,10 @@ def samples_grid(ctx: Context, recipe: str, n: int = 64, title: str = ""):
     s = sections["sample"]
     fig, ax = plt.subplots(figsize=(5.2, 5.6))
     show(ax, images, nrow=8, title=f"{title or recipe}: {n} samples\n{s.sampler}, {s.sample_steps} steps, seed {SEED}")
+    evaluation = run_metrics(ctx, recipe)
+    if evaluation:
+        ax.text(0.5, -0.02, "\n".join(textwrap.wrap(evaluation, 60)), ha="center", va="top", fontsize=8,
+                transform=ax.transAxes)
     return fig
 
 
@@ -379,7 +405,7 @@ def samples_2d(ctx: Context):
         ax.set_xlim(-2.5, 2.5)
         ax.set_ylim(-2.5, 2.5)
         ax.grid(alpha=0.3)
-    fig.suptitle("ddpm-2d: the trained MLP's samples", fontsize=10)
+    fig.suptitle("ddpm-2d: the trained MLP's samples\n" + run_metrics(ctx, "ddpm-2d"), fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -607,7 +633,7 @@ def samples_text(ctx: Context):
         show(ax, images[4 * k:4 * k + 4], nrow=2, title="\n".join(textwrap.wrap(prompt, 22)), fontsize=9)
     s, g = sections["sample"], sections["guidance"]
     fig.suptitle(f"sd-shapes: four samples per prompt ({s.sampler}, {s.sample_steps} steps, guidance "
-                 f"w = {g.guidance_scale:g}, seed {SEED})", fontsize=10)
+                 f"w = {g.guidance_scale:g}, seed {SEED})\n{run_metrics(ctx, 'sd-shapes')}", fontsize=10)
     fig.tight_layout()
     return fig
 
