@@ -4,7 +4,7 @@ WRONG lists (exercise, plausible but wrong implementation, a phrase the failure 
 RIGHT (optional) lists other correct implementations the checks must accept; BROKEN lists deliberately broken
 versions of the build-along exercises (7-9) with a phrase the failure must contain. Most fail in the quick unit
 stage; one block and one training step are right in every unit comparison and fail only on the held-out error or
-the samples of the short training run (about 15 s each on one thread).
+the samples of the short training run (a full 300-step run each).
 """
 import math
 

@@ -12,8 +12,10 @@ your result with them).
 Exercises 1-6 are single equations, checked against minidiff on small inputs. Exercises 7-9 are build-along: the
 check puts your code into a real run. Your ResidualBlock replaces every residual block of the toy U-Net, which is
 then trained on the digits; your training_step trains the toy U-Net; your ddim_sample, built on your ddim_step,
-draws digits from it. Each passes when the digits it produces are recognizable enough (the check reports the
-numbers). Each such run takes 15-60 seconds on a laptop CPU and prints its progress.
+draws digits from it. The first two pass when the trained network denoises held-out digits well enough and the
+digits drawn from it are recognizable and varied; the third when your samples are minidiff's sampler's and as
+recognizable (the check prints the numbers). A run trains for 300 steps on one CPU thread, which takes some
+seconds to a minute, and prints its progress.
 
 Conventions (the same as minidiff's):
 - timesteps are numbered t = 0..T-1, so `alpha_bar[t]` is what the papers call alpha-bar_{t+1};
