@@ -14,12 +14,13 @@ seeded, so a pass or a failure repeats.
 | sampler        | DDIM with eta = 0, 20 'trailing' steps, x0_hat clipped to [-1, 1], 256 samples |
 
 The floors in minidiff.exercises.ch01 were measured on this run (three seeds, and untrained and broken networks).
+It runs on one CPU thread (checking.build_along sees to that): on a loaded 2-core machine the first 100 training
+steps took 532 s with torch's default threads and 18-28 s with one.
 """
 from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -41,19 +42,6 @@ SEED = 0
 
 # A training step: step(model, optimizer, x0 (B, 1, 16, 16), alpha_bar (T,)) -> the batch's loss as a float.
 Step = Callable[[nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor], float]
-
-
-@contextmanager
-def one_thread():
-    """Run the build-along on one CPU thread, and restore the thread count after. The toy U-Net's tensors are tiny,
-    and splitting them over threads costs more than it saves when the cores are busy: on a loaded 2-core machine
-    the first 100 training steps took 532 s with torch's default threads and 18-28 s with one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class TrainingFailed(Exception):

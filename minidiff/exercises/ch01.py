@@ -32,10 +32,6 @@ Timesteps follow minidiff's convention: t = 0..T-1, so `alpha_bar[t]` is the pap
 from __future__ import annotations
 
 import copy
-import functools
-import hashlib
-import inspect
-import marshal
 from types import ModuleType
 from typing import Callable
 
@@ -359,58 +355,6 @@ HINT_SAMPLE = ("for i, t in enumerate(timesteps): alpha_bar_prev = alpha_bar[tim
 _trained: dict[str, tuple[nn.Module, str]] = {}   # the U-Net exercise 9 samples from, trained once per process
 
 
-_passed_code: set[tuple[str, str]] = set()
-
-
-def _fingerprint(obj, seen: set[int] | None = None) -> bytes:
-    """The compiled code of a function or class, with that of the functions and classes of the same module it
-    refers to by name (training_step's q_sample, ddim_sample's ddim_step, a class's base classes): two loads of
-    the same source give the same bytes, and any edit to the code changes them."""
-    seen = set() if seen is None else seen
-    if id(obj) in seen:
-        return b""
-    seen.add(id(obj))
-    if isinstance(obj, type):
-        parts = [obj.__qualname__.encode()]
-        parts += [_fingerprint(base, seen) for base in obj.__bases__
-                  if not base.__module__.startswith(("torch", "builtins"))]
-        parts += [_fingerprint(value, seen) for name, value in sorted(vars(obj).items()) if callable(value)]
-        return b"".join(parts)
-    fn = inspect.unwrap(obj)
-    code = getattr(fn, "__code__", None)
-    if code is None:
-        return repr(obj).encode()
-    parts = [marshal.dumps(code), repr(getattr(fn, "__defaults__", None)).encode()]
-    names = set(code.co_names)
-    for nested in code.co_consts:
-        if hasattr(nested, "co_names"):
-            names |= set(nested.co_names)
-    module = getattr(fn, "__module__", None)
-    for name in sorted(names):
-        value = fn.__globals__.get(name)
-        if callable(value) and getattr(value, "__module__", None) == module:
-            parts.append(_fingerprint(value, seen))
-    return b"".join(parts)
-
-
-def remembered_by_code(check: Check) -> Check:
-    """A build-along pass also holds for the same code loaded again in this process: the command line loads a file
-    afresh, and build_along remembers passes per object only. The key is the compiled code (see _fingerprint),
-    so an edited function is checked again; every run is seeded, so the same code gives the same result."""
-    @functools.wraps(check)
-    def checked(fn: Callable) -> None:
-        try:
-            key = (getattr(fn, "__qualname__", ""), hashlib.sha256(_fingerprint(fn)).hexdigest())
-        except (TypeError, ValueError):       # something that cannot be fingerprinted: check it every time
-            key = None
-        if key is not None and key in _passed_code:
-            return
-        check(fn)
-        if key is not None:
-            _passed_code.add(key)
-    return checked
-
-
 def say(message: str) -> None:
     """Progress of a build-along run, printed as it happens (a run takes seconds to a minute)."""
     print(message, flush=True)
@@ -514,7 +458,6 @@ def _frozen_report(model: nn.Module, kind: type, before: dict[str, torch.Tensor]
 
 
 @build_along
-@remembered_by_code
 def check_ResidualBlock(cls: Callable) -> None:
     """cls(in_channels, out_channels, temb_dim, groups=8, eps=1e-6): forward(x, temb) -> (B, C_out, H, W);
     then every ResBlock of UNet(UNetConfig.toy()) replaced by it and trained on the digits."""
@@ -559,7 +502,7 @@ def check_ResidualBlock(cls: Callable) -> None:
         return call(cls, old.conv1.in_channels, old.conv1.out_channels, old.time_emb_proj.in_features,
                     old.norm1.num_groups, old.norm1.eps)
 
-    with torch.random.fork_rng(), run.one_thread():
+    with torch.random.fork_rng():
         model = run.toy_unet(run.SEED)
         count = replace_modules(model, ResBlock, make)
         before = run.initial_state(model)
@@ -698,12 +641,11 @@ def _step_units(fn: Callable) -> None:
 
 
 @build_along
-@remembered_by_code
 def check_training_step(fn: Callable) -> None:
     """fn(model, optimizer, x0, alpha_bar) -> loss (float), one step of DDPM Algorithm 1; then the toy U-Net
     trained on the digits with it."""
     _step_units(fn)
-    with torch.random.fork_rng(), run.one_thread():
+    with torch.random.fork_rng():
         model = run.toy_unet(run.SEED)
         log = _TimestepLog(model)
         say(f"  training the toy U-Net with your training_step: {run.TRAIN_STEPS} steps at batch "
@@ -794,7 +736,7 @@ def _model_to_sample() -> tuple[nn.Module, str]:
     if "model" not in _trained:
         say(f"  training the toy U-Net with minidiff's training step first (exercise 8 does not pass yet in this "
             f"run): {run.TRAIN_STEPS} steps at batch {run.BATCH_SIZE} ...")
-        with torch.random.fork_rng(), run.one_thread():
+        with torch.random.fork_rng():
             model = run.toy_unet(run.SEED)
             run.train_toy_unet(model, run.reference_step(run.digits_diffusion(),
                                                          torch.Generator().manual_seed(run.SEED)), say=say)
@@ -803,7 +745,6 @@ def _model_to_sample() -> tuple[nn.Module, str]:
 
 
 @build_along
-@remembered_by_code
 def check_ddim_sample(fn: Callable) -> None:
     """fn(model, x_T, alpha_bar, timesteps) -> x0: deterministic DDIM with the learner's ddim_step; then digits
     drawn from the trained toy U-Net with it."""
@@ -818,13 +759,12 @@ def check_ddim_sample(fn: Callable) -> None:
     alpha_bar = run.digits_diffusion().schedule.alpha_bar
     x_T = run.initial_noise()
     say(f"  sampling {len(x_T)} digits with your ddim_sample ({run.SAMPLE_STEPS} steps) from {source} ...")
-    with run.one_thread():
-        samples = call(fn, model, x_T.clone(), alpha_bar, run.sampling_timesteps(), hint=HINT_SAMPLE)
-        reference = run.reference_samples(model, x_T, clip_x0=False)
-        where = f"sampling: {len(x_T)} digits from {source}"
-        expect_close(samples, reference, f"{where}, against minidiff's DDIM sampler from the same noise", HINT_SAMPLE,
-                     rtol=1e-3, atol=1e-3)
-        metrics, expected = run.judge(samples), run.judge(reference)
+    samples = call(fn, model, x_T.clone(), alpha_bar, run.sampling_timesteps(), hint=HINT_SAMPLE)
+    reference = run.reference_samples(model, x_T, clip_x0=False)
+    where = f"sampling: {len(x_T)} digits from {source}"
+    expect_close(samples, reference, f"{where}, against minidiff's DDIM sampler from the same noise", HINT_SAMPLE,
+                 rtol=1e-3, atol=1e-3)
+    metrics, expected = run.judge(samples), run.judge(reference)
     say(f"    recognizability of your samples: {metrics['recognizability']:.3f} (minidiff's sampler: "
         f"{expected['recognizability']:.3f}; real digits {metrics['real_recognizability']:.3f})")
     expect_floor(metrics["recognizability"], expected["recognizability"] - SAMPLER_SLACK,
