@@ -12,10 +12,11 @@ import sys
 import types
 
 import pytest
+import torch
 
 from exercise_paths import CHAPTERS, solutions_path
-from minidiff.exercises.checking import (NotImplementedYet, build_along, command_line, is_build_along,
-                                         load_exercise_file)
+from minidiff.exercises.checking import (NotImplementedYet, build_along, command_line, is_build_along, snapshot,
+                                         load_exercise_file, unmoved_weights)
 
 CHECKERS = {chapter: importlib.import_module(f"minidiff.exercises.{chapter}") for chapter in CHAPTERS}
 SOLUTIONS = {chapter: load_exercise_file(solutions_path(chapter)) for chapter in CHAPTERS}
@@ -207,3 +208,23 @@ def test_a_build_along_pass_holds_for_the_same_file_loaded_again_and_not_for_an_
     path.write_text("def answer():\n    return 2\n")
     checked(load_exercise_file(path).answer)          # an edited file is checked again
     assert calls == [1, 2]
+
+
+def test_unmoved_weights_names_the_parameters_no_gradient_reached():
+    class Block(torch.nn.Module):
+        def __init__(self, cut: bool):
+            super().__init__()
+            self.cut, self.inner, self.outer = cut, torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
+
+        def forward(self, x):
+            h = self.inner(x)
+            return self.outer(h.detach() if self.cut else h)
+
+    torch.manual_seed(0)
+    model = torch.nn.ModuleList([Block(cut=False), Block(cut=True)])           # side by side, outputs summed
+    before = snapshot(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    x = torch.randn(4, 3)
+    (model[0](x) + model[1](x)).pow(2).mean().backward()
+    optimizer.step()
+    assert unmoved_weights(model, Block, before) == {"1": ["inner.weight", "inner.bias"]}

@@ -41,7 +41,8 @@ from torch import nn
 from minidiff.blocks import ResBlock
 from minidiff.exercises import buildalong_autoencoder as run
 from minidiff.exercises.checking import (Check, NotImplementedYet, build_along, call, command_line, expect_close,
-                                          expect_float, expect_floor, expect_pair, preview, replace_modules, report)
+                                          expect_float, expect_floor, expect_pair, preview, replace_modules, report,
+                                          snapshot, unmoved_weights)
 from minidiff.models.autoencoder import LOGVAR_RANGE, Autoencoder, DiagonalGaussian, fit_latent_scaling
 from minidiff.training.autoencoder import (ADAPTIVE_WEIGHT_MAX, AutoencoderLossConfig, AutoencoderObjective,
                                            adaptive_weight, hinge_discriminator_loss, pixel_loss, psnr)
@@ -448,17 +449,6 @@ def _block_mistakes(reference: ResBlock, x: torch.Tensor) -> dict[str, torch.Ten
             "leave out the activations": shortcut + r.conv2(r.norm2(r.conv1(r.norm1(x))))}
 
 
-def _frozen_weights(model: nn.Module, initial: dict[str, torch.Tensor]) -> dict[str, list[str]]:
-    """{learner block's name: its weights that training left exactly where they started}, for blocks that have any.
-    A weight that no gradient reaches never moves under AdamW; every weight of a working block does."""
-    parameters, frozen = dict(model.named_parameters()), {}
-    for name, start in initial.items():
-        if torch.equal(parameters[name].detach(), start):
-            block, _, weight = name.partition(".block.")
-            frozen.setdefault(block, []).append(weight)
-    return frozen
-
-
 def _list(names: list[str], shown: int = 3) -> str:
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
@@ -501,14 +491,14 @@ def check_ResBlock(cls: type) -> None:
                  f"weights copied in), reconstructing 8 Shapes scenes", HINT_RESBLOCK, atol=1e-4)
 
     # Training: your blocks must learn, and the autoencoder with them must reconstruct held-out scenes.
-    initial = {name: p.detach().clone() for name, p in model.named_parameters() if ".block." in name}
+    initial = snapshot(model)
     objective = AutoencoderObjective(AutoencoderLossConfig(pixel_loss="l2", perceptual_weight=0.0, disc_weight=0.0))
     what = f"a tiny autoencoder built with your ResBlock ({count} blocks)"
     model, losses = _train(model, objective, what)
     _expect_loss_fell(losses, what, HINT_RESBLOCK)
     value = run.reconstruction_psnr(model, images)
     print(f"      held-out reconstruction PSNR: {value:.2f} dB (floor {RESBLOCK_PSNR_FLOOR:g})", flush=True)
-    frozen = _frozen_weights(model, initial)
+    frozen = unmoved_weights(model, _NoTimestep, initial)   # {wrapper's name: the learner block's unmoved weights}
     example = next(iter(frozen), None)
     diagnosis = (f"  In {len(frozen)} of your {count} blocks, weights ended training exactly where they started, so "
                  f"no gradient reached them (in {example}: {_list(frozen[example])}).\n" if frozen else "")

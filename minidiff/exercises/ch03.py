@@ -45,7 +45,7 @@ from minidiff.blocks.attention import Attention
 from minidiff.data.tokenizer import BPETokenizer, merge_pair, word_symbols
 from minidiff.exercises import buildalong_text as text
 from minidiff.exercises.checking import (Check, NotImplementedYet, build_along, call, close, command_line,
-                                         expect_close, expect_floor, report)
+                                         expect_close, expect_floor, report, snapshot, unmoved_weights)
 from minidiff.models.clip import SelfAttention, contrastive_loss
 from minidiff.process.guidance import drop_condition, guide
 from minidiff.process.samplers import timesteps as sample_timesteps
@@ -503,8 +503,19 @@ def check_CrossAttention(cls: Callable) -> None:
 
     prompts, colors = text.judging_prompts()
     stage = "training"
+    blocks: list[nn.Module] = []
+
+    initial_weights: dict[str, torch.Tensor] = {}
+
+    def make_and_remember(layer: Attention) -> nn.Module:
+        blocks.append(make(layer))
+        initial_weights.update({f"{len(blocks) - 1}.{name}": value
+                                for name, value in snapshot(blocks[-1]).items()})
+        return blocks[-1]
+
     try:
-        model = text.train_text_unet(make, progress="training a text-conditional U-Net with your CrossAttention")
+        model = text.train_text_unet(make_and_remember,
+                                     progress="training a text-conditional U-Net with your CrossAttention")
         stage = "sampling from"
         images = text.minidiff_guided_sample(model, prompts, text.GUIDANCE_SCALE)
     except AssertionError:
@@ -518,6 +529,18 @@ def check_CrossAttention(cls: Callable) -> None:
                  f"with your CrossAttention (the share of {len(prompts)} guided samples, {len(text.PROMPTS)} "
                  f"prompts such as {text.PROMPTS[0]!r}, whose object has the colour the prompt names; chance is "
                  f"about 1/3)", BLOCK_TRAINING_HINT)
+    # The caption reaches the pixels through almost any block that passes it on, even one cut off from the loss
+    # (a detached output still scored 0.64 on the floor above): every weight of the learner's blocks must learn.
+    holder = nn.ModuleList(blocks)
+    unmoved = unmoved_weights(holder, type(blocks[0]), initial_weights)
+    if unmoved:
+        example = next(iter(unmoved))
+        raise AssertionError(f"stage 2 of 2, your block in the U-Net: in {len(unmoved)} of your {len(blocks)} "
+                             f"blocks, weights ended training exactly where they started, so no gradient reached "
+                             f"them (in block {example}: {', '.join(unmoved[example])}). The U-Net still follows "
+                             f"prompts through its other layers, but your block did not learn.\n"
+                             f"  Hint: look for .detach(), .data or torch.no_grad() in forward: a block's output can "
+                             f"be right while it is cut off from the loss.")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -248,6 +248,26 @@ def replace_modules(model: nn.Module, kind: type, make: Callable[[nn.Module], nn
     return replaced
 
 
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every parameter of `model`, by name, to compare with after training (`unmoved_weights`)."""
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def unmoved_weights(model: nn.Module, kind: type, before: dict[str, torch.Tensor]) -> dict[str, list[str]]:
+    """{name of each `kind` module in `model`: its parameters that training left exactly where they started}, for
+    the modules that have any. An optimizer skips a parameter that no gradient reaches (a .detach(), .data or
+    torch.no_grad() in forward), so it never moves; every parameter of a working block does. `before` is
+    `snapshot(model)` taken before training."""
+    unmoved: dict[str, list[str]] = {}
+    for module_name, module in model.named_modules():
+        if isinstance(module, kind):
+            names = [name for name, p in module.named_parameters()
+                     if torch.equal(p.detach(), before[f"{module_name}.{name}" if module_name else name])]
+            if names:
+                unmoved[module_name] = names
+    return unmoved
+
+
 def expect_floor(value: float, floor: float, what: str, hint: str, higher_is_better: bool = True) -> None:
     """Assert that a measured quality (a recognizability, a PSNR, a prompt-following score) clears its floor."""
     ok = value >= floor if higher_is_better else value <= floor
