@@ -155,7 +155,3 @@ def heldout_error(model: nn.Module, seed: int = SEED) -> float:
 def judge(images: torch.Tensor) -> dict:
     """digit_metrics of samples, clamped to [-1, 1] first (a sampler's last step can overshoot a little)."""
     return digit_metrics(images.clamp(-1, 1))
-
-
-def initial_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone() for name, p in model.named_parameters()}

@@ -43,7 +43,8 @@ from minidiff.blocks.resnet import ResBlock
 from minidiff.data.digits import digits_tensors
 from minidiff.exercises import buildalong_digits as run
 from minidiff.exercises.checking import (Check, NotImplementedYet, build_along, call, command_line, expect_close,
-                                         expect_float, expect_floor, expect_pair, preview, replace_modules, report)
+                                         expect_float, expect_floor, expect_pair, preview, replace_modules, report,
+                                         snapshot, unmoved_weights)
 from minidiff.process import (GaussianDiffusion, NoiseSchedule, cosine_betas, ddim_step, ddpm_step, linear_betas,
                               sample, timesteps)
 from minidiff.process.schedules import cosine_alpha_bar
@@ -442,16 +443,16 @@ def _block_mistakes(b: ResBlock, x: torch.Tensor, temb: torch.Tensor) -> dict[st
 
 def _frozen_report(model: nn.Module, kind: type, before: dict[str, torch.Tensor]) -> str:
     """Which parameters of the learner's blocks training left unchanged, e.g. "conv1.weight, conv1.bias (all 11 of 11 blocks)"."""
-    frozen: dict[str, int] = {}
-    blocks = [(name, m) for name, m in model.named_modules() if isinstance(m, kind)]
-    for block_name, block in blocks:
-        for name, p in block.named_parameters():
-            if torch.equal(p.detach(), before[f"{block_name}.{name}"]):
-                frozen[name] = frozen.get(name, 0) + 1
-    if not frozen:
+    unmoved = unmoved_weights(model, kind, before)                  # {block: its parameters that did not move}
+    if not unmoved:
         return ""
+    blocks = sum(1 for m in model.modules() if isinstance(m, kind))
+    frozen: dict[str, int] = {}
+    for names in unmoved.values():
+        for name in names:
+            frozen[name] = frozen.get(name, 0) + 1
     listed = "; ".join(f"{', '.join(n for n, c in frozen.items() if c == count)} "
-                       f"({'all ' if count == len(blocks) else ''}{count} of {len(blocks)} blocks)"
+                       f"({'all ' if count == blocks else ''}{count} of {blocks} blocks)"
                        for count in sorted(set(frozen.values()), reverse=True))
     return (f"  Training did not change these parameters of your blocks: {listed}. No gradient reaches them: "
             f"look for .detach(), torch.no_grad() or .data in forward.\n")
@@ -505,7 +506,7 @@ def check_ResidualBlock(cls: Callable) -> None:
     with torch.random.fork_rng():
         model = run.toy_unet(run.SEED)
         count = replace_modules(model, ResBlock, make)
-        before = run.initial_state(model)
+        before = snapshot(model)
         say(f"  training the toy U-Net with your ResidualBlock in its {count} residual blocks: "
             f"{run.TRAIN_STEPS} steps at batch {run.BATCH_SIZE} ...")
         step = run.reference_step(run.digits_diffusion(), torch.Generator().manual_seed(run.SEED))
