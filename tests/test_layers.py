@@ -9,8 +9,9 @@ The layers, from the ground up (docs/architecture.md says what each holds):
     3     minidiff.weights
     4     minidiff.pipelines, minidiff.training
     5     minidiff.eval                  (and never minidiff.models: a judge sees images, not a network's insides)
-    6     minidiff.recipes, minidiff.exercises
-    7     minidiff.cli (minidiff.__main__, `python -m minidiff`, belongs to it)
+    6     minidiff.recipes
+    7     minidiff.cli (minidiff.__main__, `python -m minidiff`, belongs to it), minidiff.exercises (they train
+          with the shipped parts that recipes find)
 
 A module may import its own layer and lower ranks, never a higher rank nor another layer of the same rank. The
 root `minidiff/__init__.py` re-exports and sits above every layer: it is never checked, and importing it from inside
@@ -38,8 +39,8 @@ RANKS = {
     "weights": 3,
     "pipelines": 4, "training": 4,
     "eval": 5,
-    "recipes": 6, "exercises": 6,
-    "cli": 7,
+    "recipes": 6,
+    "cli": 7, "exercises": 7,
 }
 # Modules that belong to another name's layer: `python -m minidiff` is the command line's entry point.
 ALIASES = {"__main__": "cli"}

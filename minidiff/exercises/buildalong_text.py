@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import functools
 import time
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -59,9 +58,10 @@ from minidiff.process.ddpm import GaussianDiffusion
 from minidiff.process.guidance import ConditionalDiffusion, guided_model
 from minidiff.process.samplers import sample
 from minidiff.process.schedules import NoiseSchedule
+from minidiff.recipes.base import PARTS_DIR
 from minidiff.training.checkpoint import load_checkpoint, unprefixed
 
-CLIP_PART = Path(__file__).resolve().parents[1] / "recipes" / "parts" / "clip-shapes"   # shipped `clip-shapes`
+CLIP_PART = PARTS_DIR / "clip-shapes"                 # the CLIP that ships with minidiff (Chapter 3)
 SIZE = 8                                  # pixels per side
 TRAIN_COLORS = ("red", "green", "blue")   # the colours the captions name; chance is 1/3
 TRAIN_SIZES = ("medium", "large")         # small objects are a pixel or two at 8x8
@@ -97,8 +97,7 @@ def diffusion() -> GaussianDiffusion:
 
 @functools.lru_cache(maxsize=1)
 def _text_encoder() -> tuple[CLIPTextEncoder, BPETokenizer]:
-    """The text tower and tokenizer of the CLIP that ships with minidiff, read from its folder (the recipes that
-    find shipped parts are of the same layer as the exercises, so this reads the files itself)."""
+    """The text tower and tokenizer of the CLIP that ships with minidiff (its EMA weights)."""
     checkpoint = CLIP_PART / "checkpoint.safetensors"
     if not checkpoint.is_file():
         raise AssertionError(f"the shipped text encoder is missing ({checkpoint}).\n"
