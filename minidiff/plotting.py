@@ -50,15 +50,24 @@ def show_images(images: torch.Tensor, nrow: int | None = None, title: str | None
     return ax
 
 
+def trajectory_labels(trajectory: list[tuple[int, torch.Tensor]]) -> list[str]:
+    """A label per frame of `sample(..., return_trajectory=True)`'s list: the timestep whose noise level the frame
+    holds. Entry i is (timestep of step i, x after it), so x after step i sits at the next step's timestep; the
+    first entry, the initial noise, at the first step's; the last entry is the sample."""
+    steps = [t for t, _ in trajectory[1:]]                        # the timesteps the network saw, in order
+    return [f"t={t}" for t in steps] + ["sample"]
+
+
 def plot_trajectory(trajectory: list[tuple[int, torch.Tensor]], num_frames: int = 8, num_images: int = 4):
-    """Rows of images from x_T to x_0: `trajectory` is the (t, x_t) list that `sample(..., return_trajectory=True)` returns."""
+    """Rows of images from x_T to x_0: `trajectory` is the (t, x_t) list that `sample(..., return_trajectory=True)`
+    returns; each frame is labelled with the timestep of its noise level (`trajectory_labels`)."""
     import matplotlib.pyplot as plt
 
+    labels = trajectory_labels(trajectory)
     picks = np.linspace(0, len(trajectory) - 1, num_frames).round().astype(int)
     fig, axes = plt.subplots(1, num_frames, figsize=(1.6 * num_frames, 1.6 * num_images + 0.4))
     for ax, i in zip(axes, picks):
-        t, x = trajectory[i]
-        show_images(x[:num_images], nrow=1, ax=ax, title=f"t={t}")
+        show_images(trajectory[i][1][:num_images], nrow=1, ax=ax, title=labels[i])
     fig.tight_layout()
     return fig
 

@@ -360,3 +360,16 @@ def test_ddim_recovers_gaussian_data():
     # with all 1000 steps the discretisation error is gone: the prediction is within 1 % of s^2
     _, var_1000 = ddim_prediction(diffusion.schedule.alpha_bar, timesteps(T, T, "trailing"))
     assert var_1000 == pytest.approx(S2, rel=0.01)
+
+
+def test_trajectory_frames_are_labelled_with_their_noise_level():
+    """The first frame is the noise the network sees at the first timestep; each later one is the sample after a
+    step, at the next step's timestep; the last is the sample, not a timestep (it was once labelled t=9)."""
+    from minidiff.plotting import trajectory_labels
+    from minidiff.process.samplers import timesteps
+
+    diffusion = GaussianDiffusion(NoiseSchedule.make("linear"))
+    _, trajectory = sample(toy_model, diffusion, SHAPE, "ddim", steps=5, return_trajectory=True,
+                           generator=torch.Generator().manual_seed(0))
+    ts = timesteps(diffusion.num_steps, 5, "trailing")
+    assert trajectory_labels(trajectory) == [f"t={t}" for t in ts] + ["sample"]
