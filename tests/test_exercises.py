@@ -133,8 +133,13 @@ def test_every_exercise_has_a_known_mistake(chapter):
 @pytest.mark.parametrize("chapter, name, wrong, message", MISTAKES,
                          ids=[f"{chapter}-{wrong.__name__}" for chapter, _, wrong, _ in MISTAKES])
 def test_check_catches_a_plausible_bug(chapter, name, wrong, message):
+    expect_failure_with_hint(chapter, name, wrong, message)
+
+
+def expect_failure_with_hint(chapter, name, fn, message):
+    """The check of `name` fails `fn` (not as unimplemented) with `message` in its text and a hint."""
     with pytest.raises(AssertionError, match=message) as caught:
-        CHECKERS[chapter].CHECKS[name](wrong)
+        CHECKERS[chapter].CHECKS[name](fn)
     assert not isinstance(caught.value, NotImplementedYet)
     assert "Hint:" in str(caught.value)
 
@@ -168,10 +173,7 @@ def test_every_build_along_exercise_has_a_broken_version(chapter, name):
 @pytest.mark.parametrize("chapter, name, broken, message", BROKEN,
                          ids=[f"{chapter}-{broken.__name__}" for chapter, _, broken, _ in BROKEN])
 def test_build_along_check_fails_a_broken_block(chapter, name, broken, message):
-    with pytest.raises(AssertionError, match=message) as caught:
-        CHECKERS[chapter].CHECKS[name](broken)
-    assert not isinstance(caught.value, NotImplementedYet)
-    assert "Hint:" in str(caught.value)
+    expect_failure_with_hint(chapter, name, broken, message)
 
 
 def test_a_build_along_check_remembers_passes_and_not_failures():
