@@ -451,3 +451,12 @@ def test_cli_bad_input(tmp_path, capsys, args, message):
     assert main(["data", "shapes", "--out", str(tmp_path / "d"), *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("minidiff: error:") and message in err and "Traceback" not in err
+
+
+def test_shapes_tensors_are_contiguous_so_groupnorm_can_train_on_them():
+    """A channels-last input that needs no gradient crashes GroupNorm's backward on torch 2.13's CPU (a segmentation
+    fault, not an exception), so the data step hands out ordinary (n, 3, S, S) tensors."""
+    from minidiff.data.shapes_dataset import shapes_tensors
+
+    images = shapes_tensors("train", 4, 16)[0]
+    assert images.is_contiguous() and images.shape == (4, 3, 16, 16)

@@ -307,12 +307,16 @@ def _rendered_examples(split: str, n: int, size: int, seed: int,
 
 
 def _model_ready(pixels: np.ndarray):
-    """uint8 (n, S, S, 3) -> a new float tensor (n, 3, S, S) in [-1, 1]: the visible data step."""
+    """uint8 (n, S, S, 3) -> a new float tensor (n, 3, S, S) in [-1, 1]: the visible data step.
+
+    Contiguous in (n, 3, S, S) order, not the channels-last strides the permute leaves: on torch 2.13's CPU, GroupNorm's
+    backward crashes the process (a segmentation fault) on a channels-last input that needs no gradient."""
     import torch
 
     from minidiff.data.images import to_model_range
 
-    return to_model_range(torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255)   # (n, 3, S, S)
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()                 # (n, 3, S, S)
+    return to_model_range(images.float() / 255)
 
 
 def shapes_tensors(split: str = "train", n: int = 1000, size: int = 32, seed: int = 0,

@@ -38,12 +38,9 @@ TRAIN_EXAMPLES, HELD_OUT = 512, 64
 
 def shapes_images(split: str) -> torch.Tensor:
     """Shapes scenes (N, 3, 16, 16) in [-1, 1]: the first 512 of the train split or the first 64 of validation.
-
-    Made contiguous: the renders come channels-last, and with torch 2.13 on the CPU a GroupNorm whose
-    channels-last input needs no gradient (a learner's block that detaches its input) crashes the process in
-    backward instead of training."""
+    (Contiguous, as shapes_tensors hands them out: a learner's block that detaches its input must not crash.)"""
     n = TRAIN_EXAMPLES if split == "train" else HELD_OUT
-    return shapes_tensors(split, n, SIZE)[0].contiguous()                      # (N, 3, 16, 16)
+    return shapes_tensors(split, n, SIZE)[0]                                   # (N, 3, 16, 16)
 
 
 def tiny_autoencoder(seed: int = 0) -> Autoencoder:
