@@ -363,6 +363,14 @@ def CrossAttentionNotAModule(dim, heads, context_dim):
     return lambda x, context: x
 
 
+class CrossAttentionDetached(solutions_ch03.CrossAttention):
+    """The right block with its output detached: equal to minidiff's, and the U-Net still learns to follow prompts
+    through its other layers (0.64 on the floor), but no gradient reaches the block's weights."""
+
+    def forward(self, x, context):
+        return super().forward(x, context).detach()
+
+
 class CrossAttentionDropoutAsKeepProbability(CrossAttentionBase):
     """Attention dropout meant to be off (0.0, as in Stable Diffusion), passed to F.dropout as if it were the
     probability of keeping: p = 1 - 0.0 drops every attention weight in training. In eval mode it is exactly
@@ -491,5 +499,7 @@ WRONG = [
 BROKEN = [
     # Equal to minidiff's block in eval mode, so it passes the first stage; fails only on the prompt-following floor.
     ("CrossAttention", CrossAttentionDropoutAsKeepProbability, "prompt following after 300 training steps"),
+    # Passes the unit stage and the prompt-following floor; fails because its weights never learn.
+    ("CrossAttention", CrossAttentionDetached, "no gradient reached them"),
     ("guided_sample", guided_sample_scale_lost, "leave guidance out"),
 ]
